@@ -1,0 +1,109 @@
+"""The one training configuration: defaults here, CLI and search overrides on top.
+
+Field names are the MLflow parameter names, shared by every model so runs compare in one table.
+Defaults are the authors' released settings (DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from harness.errors import InputError
+
+# Table 4's switches by name; `full` is DAZLE as published.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "full": {},
+    "no-dense-attention": {"dense_attention": False},
+    "no-attribute-attention": {"attribute_attention": False},
+    "seen-ce": {"self_calibration": False},
+    "fixed-semantics": {"trainable_semantics": False},
+}
+
+
+class ConfigError(InputError, ValueError):
+    """A configuration value is out of range; the message names the option."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "synthetic"
+    model: str = "dazle"
+    stage: str = "final"  # "search": train classes vs validation classes; "final": trainval vs test
+    seed: int = 0
+    epochs: int | None = None  # None: the dataset's default (20, DeepFashion 2)
+    batch_size: int = 50
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    # DAZLE
+    lam: float = 0.1
+    num_attributes: int | None = None  # k lowest-entropy attributes; None: all
+    dense_attention: bool = True
+    attribute_attention: bool = True
+    self_calibration: bool = True
+    trainable_semantics: bool = True
+    # ESZSL
+    eszsl_gamma: float = 1.0
+    eszsl_lambda: float = 1.0
+    # DeViSE
+    margin: float = 0.1
+    # Evaluation
+    calibrated_stacking: bool = False
+    calibration_shift: float | None = None  # gamma from validation; None: choose it on validation
+    reports_per_epoch: int = 1  # >1 reports validation several times an epoch (long DeepFashion epochs)
+    eval_batch_size: int = 500
+    device: str = "cpu"
+    num_threads: int | None = None
+    # Data location for real datasets
+    data_root: str | None = None
+    cache_dir: str | None = None
+    word_vectors: str | None = None  # GloVe / word2vec / .npz file for real datasets
+    data_seed: int = 0
+
+    def with_variant(self, variant: str) -> TrainConfig:
+        if variant not in VARIANTS:
+            raise ConfigError(f"--variant: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        return replace(self, **VARIANTS[variant])
+
+    def validate(self) -> TrainConfig:
+        checks = [
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
+            ("lam", self.lam >= 0 and math.isfinite(self.lam), "lambda >= 0"),
+            ("batch_size", self.batch_size >= 1, "a batch size of at least 1"),
+            ("epochs", self.epochs is None or self.epochs >= 1, "at least 1 epoch"),
+            ("num_attributes", self.num_attributes is None or self.num_attributes >= 1, "k >= 1"),
+            ("weight_decay", self.weight_decay >= 0, "weight decay >= 0"),
+            ("momentum", 0 <= self.momentum < 1, "momentum in [0, 1)"),
+            ("eszsl_gamma", self.eszsl_gamma > 0, "gamma > 0"),
+            ("eszsl_lambda", self.eszsl_lambda > 0, "lambda > 0"),
+            ("margin", self.margin >= 0, "margin >= 0"),
+            ("stage", self.stage in ("search", "final"), "'search' or 'final'"),
+            ("reports_per_epoch", self.reports_per_epoch >= 1, "at least 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')}: got {getattr(self, name)!r}, expected {expected}")
+        return self
+
+    def as_params(self) -> dict[str, object]:
+        """Flat parameters for MLflow ('lambda' spelled out, None as 'all'/'default')."""
+        out = {}
+        for k, v in asdict(self).items():
+            if k in ("data_root", "cache_dir", "word_vectors"):
+                continue
+            key = "lambda" if k == "lam" else k
+            out[key] = "default" if v is None else v
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Build from a (search) dict; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        values = dict(values)
+        if "lambda" in values:
+            values["lam"] = values.pop("lambda")
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**values)

@@ -1,0 +1,1 @@
+"""Datasets, their split views and attribute semantics."""

@@ -1,0 +1,232 @@
+"""`synthetic`: a miniature of fine-grained GZSL generated on the fly, deterministic from a seed.
+
+What makes it a fair miniature of CUB / DeepFashion (DESIGN section 5):
+- an object has parts (head, wing, ...); each part has one property (colour, pattern, shape,
+  ...) whose value is an attribute ("has_wing_color::red"), so attributes are grounded in parts;
+- in every image the parts sit in different, randomly chosen cells of the 7x7 grid, and some
+  parts are occluded; the other cells hold one of several backgrounds plus noise;
+- a region showing part p with value v carries a part signature (shared by all values of p)
+  plus a value signature, so attention can find a part whatever its value;
+- classes come in families: a class is its family's prototype with a few parts changed, so
+  classes share most attributes and differ in a few;
+- an image shows its class's value of a part most of the time and another value sometimes, and
+  the class-attribute matrix holds these frequencies (like CUB's percentages);
+- unseen classes are new combinations of values that seen classes show, never new values;
+- word vectors are GloVe-like: each word is its semantic group's centre plus its own direction,
+  and an attribute's vector is the mean of its phrase's words, so "wing color red" and
+  "head color red" are related;
+- the true cell of every part in every image is recorded, so attention maps can be scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from harness.data.base import GZSLDataset, InMemoryFeatures
+
+PART_WORDS = [
+    "head", "wing", "tail", "breast", "back", "leg", "crown", "eye", "bill", "throat", "nape", "belly",
+    "collar", "sleeve", "hem", "pocket", "button", "zipper", "waist", "cuff", "shoulder", "strap",
+    "neckline", "lapel", "hood", "yoke", "placket", "seam", "lining", "trim", "panel", "bodice",
+]
+PROPERTY_VALUES = {
+    "color": ["red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple",
+              "pink", "olive", "buff", "iridescent"],
+    "pattern": ["solid", "striped", "spotted", "plaid", "floral", "checked", "dotted", "paisley", "marbled",
+                "speckled", "multicolored", "camouflage", "chevron", "houndstooth"],
+    "shape": ["round", "pointed", "curved", "flat", "long", "short", "hooked", "cone", "dagger", "needle",
+              "fan", "notched", "squared", "wedge"],
+    "material": ["cotton", "denim", "leather", "silk", "wool", "lace", "chiffon", "linen", "satin", "velvet",
+                 "knit", "mesh", "suede", "tweed"],
+}
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Sizes and noise levels of one preset."""
+
+    name: str
+    num_parts: int
+    values_per_part: int
+    num_classes: int
+    num_unseen: int
+    num_val: int
+    images_per_class: int
+    num_families: int
+    mutations_per_class: int
+    feature_dim: int = 64
+    word_dim: int = 50
+    grid: int = 7
+    value_fidelity: float = 0.8  # an image shows its class's value of a part with this probability
+    occlusion: float = 0.1  # a part is hidden in this fraction of images
+    num_backgrounds: int = 4
+    region_noise: float = 0.6
+    test_seen_fraction: float = 0.2
+    default_epochs: int = 20
+    seed: int = 0
+
+    @property
+    def num_attributes(self) -> int:
+        return self.num_parts * self.values_per_part
+
+
+PRESETS = {
+    "synthetic": SyntheticSpec(
+        name="synthetic", num_parts=8, values_per_part=6, num_classes=32, num_unseen=8, num_val=6,
+        images_per_class=40, num_families=6, mutations_per_class=2,
+    ),
+    "synthetic-deepfashion": SyntheticSpec(
+        name="synthetic-deepfashion", num_parts=24, values_per_part=14, num_classes=46, num_unseen=10,
+        num_val=6, images_per_class=60, num_families=8, mutations_per_class=4, feature_dim=128,
+        word_dim=100, default_epochs=2,
+    ),
+}
+
+
+def _attribute_words(spec: SyntheticSpec) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Names (CUB style), phrase words and owning part of every attribute."""
+    properties = list(PROPERTY_VALUES)
+    names, phrases, parts = [], [], []
+    for p in range(spec.num_parts):
+        part = PART_WORDS[p % len(PART_WORDS)] + ("" if p < len(PART_WORDS) else str(p // len(PART_WORDS)))
+        prop = properties[p % len(properties)]
+        for v in range(spec.values_per_part):
+            value = PROPERTY_VALUES[prop][v % len(PROPERTY_VALUES[prop])]
+            names.append(f"has_{part}_{prop}::{value}")
+            phrases.append([part, prop, value])
+            parts.append(p)
+    return names, phrases, np.asarray(parts, dtype=np.int64)
+
+
+def _word_vectors(phrases: list[list[str]], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
+    """GloVe-like: word = centre of its semantic group + its own direction; attribute = mean."""
+    groups = {"part": PART_WORDS, **PROPERTY_VALUES, "property": list(PROPERTY_VALUES)}
+    group_of = {}
+    for group, words in groups.items():
+        for word in words:
+            group_of.setdefault(word, group)
+    centres = {g: rng.normal(size=spec.word_dim) for g in groups}
+    vocab: dict[str, np.ndarray] = {}
+    for phrase in phrases:
+        for word in phrase:
+            if word not in vocab:
+                centre = centres[group_of.get(word.rstrip("0123456789"), "part")]
+                vocab[word] = centre + 0.8 * rng.normal(size=spec.word_dim)
+    return np.stack([np.mean([vocab[w] for w in phrase], axis=0) for phrase in phrases]).astype(np.float32)
+
+
+def _class_values(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Value index of each part for each class [C, P], and the unseen class ids.
+
+    Seen classes are family prototypes with a few parts mutated; unseen classes recombine
+    values that seen classes already show at each part.
+    """
+    num_seen = spec.num_classes - spec.num_unseen
+    families = rng.integers(0, spec.values_per_part, size=(spec.num_families, spec.num_parts))
+    taken: set[tuple[int, ...]] = set()
+
+    def mutate(base: np.ndarray, allowed: list[np.ndarray] | None) -> np.ndarray:
+        for _ in range(1000):
+            cls = base.copy()
+            for p in rng.choice(spec.num_parts, size=spec.mutations_per_class, replace=False):
+                choices = np.arange(spec.values_per_part) if allowed is None else allowed[p]
+                cls[p] = rng.choice(choices)
+            if tuple(cls) not in taken:
+                taken.add(tuple(cls))
+                return cls
+        raise RuntimeError("could not make distinct classes; raise values_per_part or mutations")
+
+    seen = np.stack([mutate(families[c % spec.num_families], None) for c in range(num_seen)])
+    seen_values = [np.unique(seen[:, p]) for p in range(spec.num_parts)]
+    unseen = np.stack(
+        [mutate(seen[rng.integers(num_seen)], seen_values) for _ in range(spec.num_unseen)]
+    )
+    values = np.concatenate([seen, unseen])
+    order = rng.permutation(spec.num_classes)  # unseen classes get scattered ids, as in real data
+    values = values[order]
+    unseen_ids = np.sort(np.flatnonzero(order >= num_seen))
+    return values, unseen_ids
+
+
+def generate(spec: SyntheticSpec) -> GZSLDataset:
+    rng = np.random.default_rng(spec.seed)
+    names, phrases, attribute_part = _attribute_words(spec)
+    word_vectors = _word_vectors(phrases, spec, rng)
+    class_values, unseen_ids = _class_values(spec, rng)
+    num_regions = spec.grid * spec.grid
+    num_attr = spec.num_attributes
+
+    part_signature = rng.normal(size=(spec.num_parts, spec.feature_dim))
+    value_signature = rng.normal(size=(num_attr, spec.feature_dim))
+    backgrounds = rng.normal(size=(spec.num_backgrounds, spec.feature_dim))
+
+    labels = np.repeat(np.arange(spec.num_classes), spec.images_per_class)
+    n = len(labels)
+    # Which value each image shows at each part: the class's value, sometimes another one.
+    shown = class_values[labels].copy()  # [N, P]
+    swap = rng.random(shown.shape) > spec.value_fidelity
+    shown[swap] = rng.integers(0, spec.values_per_part, size=int(swap.sum()))
+    visible = rng.random(shown.shape) > spec.occlusion
+    # Every part gets its own cell; occluded parts are recorded as -1.
+    cells = np.argsort(rng.random((n, num_regions)), axis=1)[:, : spec.num_parts]
+    part_regions = np.where(visible, cells, -1)
+
+    maps = backgrounds[rng.integers(0, spec.num_backgrounds, size=n)][:, None, :].repeat(num_regions, axis=1)
+    maps = maps + spec.region_noise * rng.normal(size=maps.shape)  # [N, R, F]
+    rows = np.repeat(np.arange(n), spec.num_parts)
+    parts = np.tile(np.arange(spec.num_parts), n)
+    attrs = parts * spec.values_per_part + shown.reshape(-1)
+    keep = visible.reshape(-1)
+    rows, parts, attrs, regions = rows[keep], parts[keep], attrs[keep], cells.reshape(-1)[keep]
+    maps[rows, regions] = part_signature[parts] + value_signature[attrs] + spec.region_noise * rng.normal(
+        size=(len(rows), spec.feature_dim)
+    )
+    maps = np.maximum(maps, 0.0).astype(np.float32).transpose(0, 2, 1)  # post-ReLU like a CNN, [N, F, R]
+
+    shown_attributes = np.zeros((n, num_attr), dtype=bool)
+    shown_attributes[rows, attrs] = True
+
+    # Class-attribute matrix: how often a class's images show each value (cf. CUB percentages).
+    class_attributes = np.full((spec.num_classes, num_attr), (1 - spec.value_fidelity) / spec.values_per_part)
+    for c in range(spec.num_classes):
+        class_attributes[c, np.arange(spec.num_parts) * spec.values_per_part + class_values[c]] += spec.value_fidelity
+
+    seen_ids = np.setdiff1d(np.arange(spec.num_classes), unseen_ids)
+    val_classes = np.sort(rng.choice(seen_ids, size=spec.num_val, replace=False))
+    trainval, test_seen = [], []
+    for c in seen_ids:
+        images = np.flatnonzero(labels == c)[rng.permutation(spec.images_per_class)]
+        n_test = int(round(spec.test_seen_fraction * len(images)))
+        test_seen.append(images[:n_test])
+        trainval.append(images[n_test:])
+    ds = GZSLDataset(
+        name=spec.name,
+        labels=labels.astype(np.int64),
+        class_names=[f"class_{c:03d}" for c in range(spec.num_classes)],
+        attribute_names=names,
+        class_attributes=class_attributes.astype(np.float32),
+        attribute_vectors=word_vectors,
+        features=InMemoryFeatures(maps),
+        trainval_loc=np.sort(np.concatenate(trainval)),
+        test_seen_loc=np.sort(np.concatenate(test_seen)),
+        test_unseen_loc=np.flatnonzero(np.isin(labels, unseen_ids)),
+        val_classes=val_classes,
+        default_epochs=spec.default_epochs,
+        feature_cache_id=f"{spec.name}-seed{spec.seed}",
+        annotations={
+            "part_regions": part_regions,
+            "attribute_part": attribute_part,
+            "shown_attributes": shown_attributes,
+            "grid": spec.grid,
+        },
+    )
+    ds.check()
+    return ds
+
+
+def load(name: str, seed: int = 0, **overrides) -> GZSLDataset:
+    """A preset by name, optionally with other sizes (tests use tiny ones)."""
+    spec = replace(PRESETS[name], seed=seed, **overrides)
+    return generate(spec)

@@ -1,0 +1,24 @@
+"""Bad input is an InputError: the CLIs print its one line and exit 2, nothing half-written."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
+
+
+class InputError(Exception):
+    """A user-supplied file, option or value is wrong; the message names it and what was expected."""
+
+
+def run_cli(main: Callable[[], int], prog: str) -> int:
+    """Run a CLI's main, turning InputError into one line on stderr and exit code 2."""
+    try:
+        return main()
+    except InputError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

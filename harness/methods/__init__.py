@@ -1,0 +1,94 @@
+"""The trainer's model interface and the registry of methods (DAZLE and the baselines).
+
+A method is built from a `MethodSpec` (class semantics, word vectors, seen/unseen classes of
+the split view, feature shape) and a TrainConfig, and then driven by harness.train:
+`train_step` on each class-balanced batch, `end_epoch` after each epoch (closed-form methods
+solve there), `scores` for evaluation. Adding a method = one module that registers a builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from harness.config import TrainConfig
+from harness.errors import InputError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method may know about the task: never images, never test indices."""
+
+    class_semantics: Tensor  # [C, A] raw class-attribute rows of the view's classes
+    attribute_semantics: Tensor  # [A, D] initial word vectors
+    seen_classes: Tensor  # local ids
+    unseen_classes: Tensor
+    feature_dim: int
+    num_regions: int
+
+
+class ZSLMethod(Protocol):
+    module: nn.Module  # parameters and buffers: what a checkpoint saves
+    default_epochs: int | None  # None: the dataset's default; closed forms need 1
+
+    def train_step(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        """One optimisation step on a batch [B, F, R]; returns at least {'loss': ...}."""
+        ...
+
+    def end_epoch(self) -> None: ...
+
+    def scores(self, features: Tensor) -> Tensor:
+        """[B, C] class scores without any calibration."""
+        ...
+
+    def prediction_margin(self) -> Tensor | None:
+        """Added to scores before the GZSL arg-max (DAZLE's eq. 13); None for no margin."""
+        ...
+
+
+Builder = Callable[[MethodSpec, TrainConfig, torch.device], ZSLMethod]
+_BUILDERS: dict[str, Builder] = {}
+_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {}
+
+
+def register_method(name: str, hyperparameters: tuple[str, ...]) -> Callable[[Builder], Builder]:
+    """Register a builder; `hyperparameters` are the TrainConfig fields the method reads."""
+
+    def wrap(fn: Builder) -> Builder:
+        _BUILDERS[name] = fn
+        _HYPERPARAMETERS[name] = hyperparameters
+        return fn
+
+    return wrap
+
+
+def _ensure_registered() -> None:
+    import harness.methods.dazle  # noqa: F401
+
+    for optional in ("harness.methods.eszsl", "harness.methods.devise"):
+        try:
+            __import__(optional)
+        except ModuleNotFoundError as err:
+            if err.name != optional:
+                raise
+
+
+def list_methods() -> list[str]:
+    _ensure_registered()
+    return sorted(_BUILDERS)
+
+
+def method_hyperparameters(name: str) -> tuple[str, ...]:
+    _ensure_registered()
+    return _HYPERPARAMETERS[name]
+
+
+def build_method(name: str, spec: MethodSpec, config: TrainConfig, device: torch.device) -> ZSLMethod:
+    _ensure_registered()
+    if name not in _BUILDERS:
+        raise InputError(f"--model: unknown model {name!r}; expected one of {', '.join(list_methods())}")
+    return _BUILDERS[name](spec, config, device)

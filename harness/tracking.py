@@ -1,0 +1,168 @@
+"""MLflow layout: one parent run per search or reproduction grid, one child run per trial or
+final seed (tagged `mlflow.parentRunId`, so the UI nests them).
+
+Runs are created through `MlflowClient` with explicit run ids rather than the fluent
+`mlflow.start_run` stack, because children are logged from Ray workers and from the driver,
+possibly at the same time and on other nodes. The default store is SQLite in the working
+directory (a non-empty ./mlruns would switch MLflow to the file store, which refuses new runs).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import InputError
+
+DEFAULT_EXPERIMENT = "gzsl-harness"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, with one line, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise InputError(f"--tracking-uri {uri}: server answered HTTP {resp.status}, expected 200")
+        except (urllib.error.URLError, OSError) as err:
+            raise InputError(f"--tracking-uri {uri}: MLflow server unreachable ({err})") from err
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.parent.exists():
+            raise InputError(f"--tracking-uri {uri}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise InputError(f"--tracking-uri {uri}: folder {path.parent} is not writable")
+
+
+def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    """Create the experiment once (from the driver) so workers never race on creating it."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Enough to reach a run from any process: where, and which."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    @property
+    def client(self):
+        return _client(self.tracking_uri)
+
+
+def start_run(
+    uri: str,
+    exp_id: str,
+    name: str,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent: RunRef | None = None,
+) -> RunRef:
+    client = _client(uri)
+    all_tags = {"git_commit": git_commit(), "node": socket.gethostname(), **(tags or {})}
+    if parent is not None:
+        all_tags["mlflow.parentRunId"] = parent.run_id
+    run = client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+    ref = RunRef(uri, exp_id, run.info.run_id)
+    if params:
+        log_params(ref, params)
+    return ref
+
+
+def log_params(ref: RunRef, params: Mapping[str, object]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        ref.client.log_batch(ref.run_id, params=items[start : start + 100])
+
+
+def log_metrics(ref: RunRef, metrics: Mapping[str, float], step: int | None = None) -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, int(step or 0))
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    ]
+    if items:
+        ref.client.log_batch(ref.run_id, metrics=items)
+
+
+def set_tags(ref: RunRef, tags: Mapping[str, object]) -> None:
+    for k, v in tags.items():
+        ref.client.set_tag(ref.run_id, k, str(v))
+
+
+def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None) -> None:
+    ref.client.log_artifact(ref.run_id, str(path), artifact_path)
+
+
+def log_text(ref: RunRef, text: str, filename: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / filename
+        target.write_text(text)
+        log_artifact(ref, target)
+
+
+def end_run(ref: RunRef, status: str = "FINISHED") -> None:
+    """status: FINISHED, FAILED or KILLED; a run is never left RUNNING on purpose."""
+    ref.client.set_terminated(ref.run_id, status=status)
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
