@@ -6,10 +6,13 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import InputError, run_cli
-from harness.features.extract import ExtractOptions, ExtractResult, extract
 from harness.features.store import DTYPES, parse_shard
+
+if TYPE_CHECKING:
+    from harness.features.extract import ExtractResult
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,8 @@ def _report(result: ExtractResult, dataset: str) -> None:
 
 
 def main_extract(args: argparse.Namespace) -> int:
+    from harness.features.extract import ExtractOptions, extract
+
     paths = dataset_images(args.dataset, args.data_root, args.image_list)
     options = ExtractOptions(
         dataset=args.dataset, weights=args.weights, batch_size=args.batch_size, device=args.device,

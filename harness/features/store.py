@@ -22,13 +22,16 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import numpy as np
-import torch
 
 import harness
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "harness-feature-store/1"
 META_KEY = b"~meta"  # never 8 bytes long, so it cannot collide with an item key
@@ -38,14 +41,13 @@ IDENTITY_FIELDS = ("dataset", "backbone", "weights", "image_size", "dtype")
 VOLATILE_FIELDS = ("command", "source")  # may change between runs of one build without changing it
 _SHARD_RE = re.compile(r"^shard-(\d+)-of-(\d+)$")
 _MIN_MAP = 64 << 20
-_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # ATen runs an elementwise copy of at most this many elements on the calling thread. Converting in
 # such chunks avoids the intra-op thread pool, whose hand-offs cost more than they save when several
 # trials share a node's cores (measured here: 3 ms vs 10 ms a batch of 50 x 2048 x 49).
 _CONVERT_CHUNK = 32768
 
 
-def _convert(src: torch.Tensor, dst: torch.Tensor) -> None:
+def _convert(src, dst) -> None:
     """dst[...] = src with a dtype change, chunk by chunk (see _CONVERT_CHUNK)."""
     s, d = src.reshape(-1), dst.reshape(-1)
     for start in range(0, s.numel(), _CONVERT_CHUNK):
@@ -109,7 +111,8 @@ def shard_indices(count: int, shard: int, num_shards: int) -> np.ndarray:
 
 def encode_item(array: np.ndarray, dtype: str) -> bytes:
     """Raw bytes of `array` in `dtype` plus their CRC32; refuses values that are not finite."""
-    data = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    with np.errstate(over="ignore"):
+        data = np.ascontiguousarray(array, dtype=np.dtype(dtype))
     if not np.isfinite(data).all():
         hint = " (values beyond float16's range: use --dtype float32)" if np.isfinite(array).all() else ""
         raise ValueError(f"non-finite feature values{hint}")
@@ -131,6 +134,33 @@ def _find_shard_dirs(folder: Path) -> list[Path]:
 def _open_env(path: Path, readonly: bool, lock: bool) -> lmdb.Environment:
     return lmdb.open(str(path), readonly=readonly, lock=lock, readahead=True, subdir=True,
                      max_readers=1024, create=False)
+
+
+# LMDB forbids opening one environment twice in a process, so read-only handles are shared and
+# counted; the key holds the pid because handles must not cross a fork.
+_SHARED: dict[tuple[int, str], list] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _acquire(path: Path, lock: bool = False) -> lmdb.Environment:
+    key = (os.getpid(), os.path.realpath(path))
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            entry = _SHARED[key] = [_open_env(path, readonly=True, lock=lock), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release(path: Path) -> None:
+    key = (os.getpid(), os.path.realpath(path))
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].close()
+                del _SHARED[key]
 
 
 def read_metadata(env: lmdb.Environment) -> dict | None:
@@ -177,11 +207,11 @@ class FeatureStoreWriter:
 
     def _check_existing(self) -> None:
         for path in _find_shard_dirs(self.folder):
-            env = _open_env(path, readonly=True, lock=False)
+            env = _acquire(path)
             try:
                 meta = read_metadata(env)
             finally:
-                env.close()
+                _release(path)
             if meta is None:  # created, then killed before its first commit: holds nothing
                 continue
             diff = metadata_differences(meta, {k: v for k, v in self.identity.items() if k not in VOLATILE_FIELDS})
@@ -198,11 +228,11 @@ class FeatureStoreWriter:
             if self._env is not None and path == self.path:  # LMDB allows one handle per process
                 parts.append(_item_keys(self._env))
                 continue
-            env = _open_env(path, readonly=True, lock=False)
+            env = _acquire(path)
             try:
                 parts.append(_item_keys(env))
             finally:
-                env.close()
+                _release(path)
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     def skipped(self) -> dict[int, str]:
@@ -215,11 +245,11 @@ class FeatureStoreWriter:
             return self.meta
         if not (self.path / "data.mdb").is_file():
             return None
-        env = _open_env(self.path, readonly=True, lock=False)
+        env = _acquire(self.path)
         try:
             return read_metadata(env)
         finally:
-            env.close()
+            _release(self.path)
 
     def _ensure_env(self) -> lmdb.Environment:
         if self._env is None:
@@ -346,14 +376,21 @@ class FeatureStoreReader:
         self.__init__(state["folder"], state["expect"], state["allow_incomplete"], state["lock"])
 
     def _open(self) -> None:
+        try:
+            self._open_envs()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_envs(self) -> None:
         self._pid = os.getpid()
         self._local = threading.local()
         self.envs, self.shard_dirs, self.shard_meta = [], [], []
         for path in _find_shard_dirs(self.folder):
-            env = _open_env(path, readonly=True, lock=self._lock)
+            env = _acquire(path, lock=self._lock)
             meta = read_metadata(env)
             if meta is None:  # created, then killed before its first commit: holds nothing
-                env.close()
+                _release(path)
                 continue
             self.envs.append(env)
             self.shard_dirs.append(path)
@@ -416,6 +453,15 @@ class FeatureStoreReader:
         return f"{head}; finish it (a re-run resumes) with: {_rebuild_command(self.metadata)}"
 
     @property
+    def path(self) -> Path:
+        return self.folder
+
+    @property
+    def cache_id(self) -> str:
+        """The cache folder's name: dataset, backbone, weights, image size, dtype."""
+        return self.folder.name
+
+    @property
     def complete(self) -> bool:
         return self.missing.size == 0
 
@@ -428,6 +474,8 @@ class FeatureStoreReader:
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """float32 [n, F, R] in the order of `indices`."""
+        import torch
+
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         out = torch.empty((len(indices), self.feature_dim, self.num_regions), dtype=torch.float32)
         self.read_into(indices, out)
@@ -436,6 +484,8 @@ class FeatureStoreReader:
     def read_into(self, indices: np.ndarray, out: torch.Tensor) -> torch.Tensor:
         """Fill the first len(indices) rows of a preallocated [>=n, F, R] tensor (float32, or float16
         to skip the conversion, e.g. to convert on the GPU after a half-size transfer)."""
+        import torch
+
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(indices)
         if out.dtype not in (torch.float32, torch.float16) or tuple(out.shape[1:]) != (
@@ -445,7 +495,7 @@ class FeatureStoreReader:
                              f"got {out.dtype} {tuple(out.shape)}")
         if len(out) < n or not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError(f"out must be a contiguous CPU tensor of at least {n} rows")
-        if out.dtype == _TORCH_DTYPES[self.dtype.name]:
+        if out.dtype == (torch.float16 if self.dtype == np.float16 else torch.float32):
             self._copy_raw(indices, out[:n].numpy())
             return out
         staging = self._staging(n)
@@ -497,8 +547,9 @@ class FeatureStoreReader:
         return _dir_size(self.folder)
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        if self._pid == os.getpid():
+            for path in self.shard_dirs:
+                _release(path)
         self.envs = []
 
     def __enter__(self) -> FeatureStoreReader:
@@ -520,11 +571,11 @@ def open_store(path: str | Path, expect: dict | None = None) -> FeatureStoreRead
 def _folder_metadata(folder: Path) -> dict | None:
     """Metadata of the first shard of a cache folder that has any."""
     for path in _find_shard_dirs(folder):
-        env = _open_env(path, readonly=True, lock=False)
+        env = _acquire(path)
         try:
             meta = read_metadata(env)
         finally:
-            env.close()
+            _release(path)
         if meta is not None:
             return meta
     return None
