@@ -44,6 +44,11 @@ class DAZLE(nn.Module):
     trainable_semantics=False freezes V at its word-vector initialisation.
     """
 
+    # Which side of V W the regions are contracted through: "auto" takes the word-vector
+    # dimension D when there are more attributes than D (DeepFashion), the attributes otherwise.
+    # Both orders give the same numbers; the equivalence tests force each one.
+    contraction: str = "auto"
+
     def __init__(
         self,
         *,
@@ -87,20 +92,29 @@ class DAZLE(nn.Module):
     def num_attributes(self) -> int:
         return self.V.shape[0]
 
-    def _projections(self, regions: Tensor) -> Tensor:
-        """v_a^T W_k f_r for k in (alpha, e, beta), stacked: [3, B, A, R]."""
-        batch, _, num_regions = regions.shape
+    def _use_word_dim(self) -> bool:
+        if self.contraction == "auto":
+            return self.V.shape[0] > self.V.shape[1]
+        if self.contraction not in ("word_dim", "attributes"):
+            raise ValueError(f"contraction must be 'auto', 'word_dim' or 'attributes', got {self.contraction!r}")
+        return self.contraction == "word_dim"
+
+    def _project(self, regions: Tensor, weights: list[Tensor]) -> Tensor:
+        """v_a^T W_k x_n for every slab k, attribute a and column n of `regions` [F, N]: [K, A, N].
+
+        The K slabs share one GEMM with the regions. Through D (A > D): the stacked [K*D, F]
+        weights meet the regions first, 2*K*D*F*N flops, then V, 2*K*A*D*N. Through A: the K
+        products V W_k once per step, 2*K*A*D*F flops, then 2*K*A*F*N with the regions.
+        """
+        slabs = len(weights)
         num_attr, word_dim = self.V.shape
-        weights = torch.cat([self.W_alpha, self.W_e, self.W_beta], dim=0)  # [3D, F]
-        if num_attr > word_dim:
-            # Through D first: 2*B*3D*F*R + 2*3*B*A*D*R flops (cheaper when A > D, e.g. DeepFashion).
-            projected = torch.matmul(weights, regions)  # [B, 3D, R]
-            projected = projected.view(batch, 3, word_dim, num_regions).transpose(0, 1)  # [3, B, D, R]
-            return torch.matmul(self.V, projected)  # [3, B, A, R]
-        # Through A first: the three V W products once per step, then one GEMM with the regions.
-        vw = torch.matmul(self.V, weights.view(3, word_dim, -1))  # [3, A, F]
-        out = torch.matmul(vw.reshape(3 * num_attr, -1), regions)  # [B, 3A, R]
-        return out.view(batch, 3, num_attr, num_regions).transpose(0, 1)
+        columns = regions.shape[1]
+        v = self.V.expand(slabs, num_attr, word_dim)
+        if self._use_word_dim():
+            projected = torch.cat(weights, dim=0) @ regions  # [K*D, N]
+            return torch.bmm(v, projected.view(slabs, word_dim, columns))  # [K, A, N]
+        vw = torch.bmm(v, torch.stack(weights))  # [K, A, F]
+        return (vw.view(slabs * num_attr, -1) @ regions).view(slabs, num_attr, columns)
 
     def forward(self, features: Tensor) -> DAZLEOutput:
         if features.dim() == 4:
@@ -110,24 +124,37 @@ class DAZLE(nn.Module):
                 f"expected features [B, {self.feature_dim}, R] or [B, {self.feature_dim}, H, W], "
                 f"got {tuple(features.shape)}"
             )
-        regions = F.normalize(features, dim=1)  # L2 per region
-        logits_alpha, proj_e, proj_beta = self._projections(regions)  # each [B, A, R]
+        features = features.to(self.W_e.dtype)  # float16 caches: normalise in the parameters' precision
+        batch, dim, num_regions = features.shape
+        num_attr = self.V.shape[0]
+        # L2 per region, laid out [F, B*R] so that every slab is one GEMM over the whole batch.
+        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
+        regions = (features / norms).transpose(0, 1).reshape(dim, batch * num_regions)  # [F, B*R]
+        gate_weights = [self.W_beta] if self.attribute_attention else []
 
         if self.dense_attention:
-            attention = torch.softmax(logits_alpha, dim=-1)  # eq. 2
+            projections = self._project(regions, [self.W_alpha, self.W_e, *gate_weights])
+            logits, proj_e, *proj_beta = projections.view(-1, num_attr, batch, num_regions).unbind(0)
+            alpha = torch.softmax(logits, dim=-1)  # eq. 2, [A, B, R]
+            # eq. 3-4 folded: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r; h is never built
+            attribute_scores = (alpha * proj_e).sum(-1)  # [A, B]
+            gate_logits = (alpha * proj_beta[0]).sum(-1) if proj_beta else None
+            attention = alpha.permute(1, 0, 2)  # [B, A, R]
         else:
-            attention = torch.full_like(proj_e, 1.0 / proj_e.shape[-1])  # h_a = mean of regions
+            # h_a is the mean of the regions for every a: average first, then project [F, B].
+            mean_region = regions.view(dim, batch, num_regions).mean(-1)
+            attribute_scores, *gate_logits_list = self._project(mean_region, [self.W_e, *gate_weights]).unbind(0)
+            gate_logits = gate_logits_list[0] if gate_logits_list else None
+            attention = regions.new_full((1, 1, 1), 1.0 / num_regions).expand(batch, num_attr, num_regions)
 
-        # eq. 3-4 folded: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r
-        attribute_scores = (attention * proj_e).sum(-1)  # [B, A]
-        if self.attribute_attention:
-            attribute_gates = torch.sigmoid((attention * proj_beta).sum(-1))  # eq. 6
+        if gate_logits is not None:
+            attribute_gates = torch.sigmoid(gate_logits)  # eq. 6, [A, B]
             gated = attribute_scores * attribute_gates
         else:
             attribute_gates = torch.ones_like(attribute_scores)
             gated = attribute_scores
-        scores = gated @ self.class_semantics.t()  # eq. 7 (eq. 5 ungated): [B, C]
-        return DAZLEOutput(scores, attention, attribute_scores, attribute_gates)
+        scores = gated.t() @ self.class_semantics.t()  # eq. 7 (eq. 5 ungated): [B, C]
+        return DAZLEOutput(scores, attention, attribute_scores.t(), attribute_gates.t())
 
     def calibrated_scores(self, scores: Tensor) -> Tensor:
         """eq. 13: scores plus the calibration margin (+1 unseen, -1 seen)."""
