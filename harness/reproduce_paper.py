@@ -1,0 +1,111 @@
+"""The published numbers of Huynh & Elhamifar (CVPR 2020) as data, and their sanity check.
+
+The numbers live in harness/paper/*.csv (package data, read with importlib.resources) so a
+correction is a one-line data change, never a code change. Empty cells are numbers we could not
+source: they stay empty (printed as "n/a") rather than being guessed. Every GZSL row's printed H
+is checked against 2*s*u/(s+u) of its printed accuracies, because a published table can be
+internally inconsistent (Table 2 prints H 12.1 for ESZSL on SUN where 2*27.9*11.0/38.9 = 15.8).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+# Printed numbers have one decimal: s and u are each off by up to 0.05 and H by up to 0.05;
+# |dH/ds| + |dH/du| <= 2, so an honest row's H is within 0.15 of the recomputed value.
+H_TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One published row: its key columns as text, its numbers (percent, None when missing)."""
+
+    keys: dict[str, str]
+    values: dict[str, float | None]
+    source: str
+    recomputed_h: float | None = None  # set when the printed H disagrees with its accuracies
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def inconsistent(self) -> bool:
+        return self.recomputed_h is not None
+
+    def flag_note(self) -> str:
+        if not self.inconsistent:
+            return ""
+        s, u, h = self.values["acc_s"], self.values["acc_u"], self.values["H"]
+        return f"printed H {h:.1f}, but 2*{s:.1f}*{u:.1f}/({s:.1f}+{u:.1f}) = {self.recomputed_h:.1f}"
+
+
+def harmonic(acc_s: float, acc_u: float) -> float:
+    return 0.0 if acc_s + acc_u <= 0 else 2.0 * acc_s * acc_u / (acc_s + acc_u)
+
+
+def check_h(values: dict[str, float | None], tolerance: float = H_TOLERANCE) -> float | None:
+    """The recomputed H when a row's printed H disagrees with its acc_s / acc_u, else None."""
+    s, u, h = values.get("acc_s"), values.get("acc_u"), values.get("H")
+    if s is None or u is None or h is None:
+        return None
+    recomputed = harmonic(s, u)
+    return recomputed if abs(recomputed - h) > tolerance else None
+
+
+def read_csv(name: str) -> list[dict[str, str]]:
+    """Rows of harness/paper/<name> as dicts of strings."""
+    text = files("harness").joinpath("paper", name).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _number(text: str, table: str, column: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise ValueError(f"harness/paper/{table}: column {column!r} holds {text!r}, expected a number") from err
+
+
+def load_table(name: str, key_columns: tuple[str, ...], value_columns: tuple[str, ...]) -> list[PaperRow]:
+    """Read one table; numbers become floats (None when empty), H is checked on every row."""
+    rows = []
+    for raw in read_csv(name):
+        values = {c: _number(raw.get(c, ""), name, c) for c in value_columns}
+        extra = {k: v for k, v in raw.items() if k not in key_columns and k not in value_columns and k != "source"}
+        rows.append(PaperRow(
+            keys={c: raw[c] for c in key_columns}, values=values, source=raw.get("source", ""),
+            recomputed_h=check_h(values), extra=extra,
+        ))
+    return rows
+
+
+def table2() -> list[PaperRow]:
+    return load_table("table2.csv", ("dataset", "method"), ("acc_s", "acc_u", "H"))
+
+
+def table3() -> list[PaperRow]:
+    return load_table("table3.csv", ("split", "dataset", "method"), ("zsl_top1",))
+
+
+def table4() -> list[PaperRow]:
+    return load_table("table4.csv", ("row",), ("acc_s", "acc_u", "H"))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A qualitative claim of Table 4: row `better` beats row `worse` on `metrics`."""
+
+    text: str
+    metrics: tuple[str, ...]
+    better: str
+    worse: str
+
+
+def table4_claims() -> list[Claim]:
+    return [
+        Claim(r["claim"], tuple(m for m in r["metrics"].split(";") if m), r["better"], r["worse"])
+        for r in read_csv("table4_claims.csv")
+    ]

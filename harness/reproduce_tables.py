@@ -1,0 +1,431 @@
+"""Tables 2-4 of the paper as grids of fits, and their rendering beside the published numbers.
+
+A table is a list of rows; a row is one published line (possibly with missing numbers), the
+configuration that reproduces it with the paper's settings, and optionally the tuned
+configuration of a finished search. Every row is fitted once per seed; the printed cell is the
+mean +- sample standard deviation over seeds, in percent like the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field, replace
+
+from harness import reproduce_paper as paper
+from harness.config import TrainConfig
+from harness.errors import InputError
+from harness.reproduce_runner import Outcome, Trial
+from harness.reproduce_tuned import TunedConfig, apply_tuned, pick, typed_values
+
+METRIC_KEYS = {"acc_s": "test_acc_seen", "acc_u": "test_acc_unseen", "H": "test_H", "zsl_top1": "test_zsl_top1"}
+METRIC_NAMES = {"acc_s": "acc_s", "acc_u": "acc_u", "H": "H", "zsl_top1": "ZSL T1"}
+SETTINGS = ("paper", "tuned")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    id: str
+    label: str
+    columns: dict[str, str]  # descriptive columns printed before the numbers
+    paper: paper.PaperRow | None
+    config: TrainConfig  # the paper's settings, seed 0
+    tuned: TrainConfig | None = None
+
+    def config_for(self, setting: str) -> TrainConfig | None:
+        return self.config if setting == "paper" else self.tuned
+
+
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    metrics: tuple[str, ...]
+    columns: tuple[str, ...]
+    rows: list[RowSpec]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return SETTINGS if any(r.tuned is not None for r in self.rows) else ("paper",)
+
+    def trials(self, seeds: int) -> list[Trial]:
+        out = []
+        for row in self.rows:
+            for setting in self.settings:
+                config = row.config_for(setting)
+                if config is None:
+                    continue
+                out.extend(Trial(self.name, row.id, setting, replace(config, seed=s)) for s in range(seeds))
+        return out
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+@dataclass
+class Stat:
+    values: dict[int, float]  # seed -> value in percent
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values.values()) / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        if self.n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values.values()) / (self.n - 1))
+
+
+@dataclass
+class RowResult:
+    spec: RowSpec
+    stats: dict[str, dict[str, Stat]]  # setting -> metric -> Stat
+    errors: dict[str, list[str]]  # setting -> error messages of failed seeds
+    expected: int  # seeds per setting
+    run_ids: dict[str, list[str]]
+
+
+def aggregate(spec: TableSpec, outcomes: dict[TrainConfig, Outcome], seeds: int) -> list[RowResult]:
+    results = []
+    for row in spec.rows:
+        stats: dict[str, dict[str, Stat]] = {}
+        errors: dict[str, list[str]] = {}
+        run_ids: dict[str, list[str]] = {}
+        for setting in spec.settings:
+            base = row.config_for(setting)
+            if base is None:
+                continue
+            per_metric = {m: Stat({}) for m in spec.metrics}
+            for seed in range(seeds):
+                outcome = outcomes.get(replace(base, seed=seed))
+                if outcome is None:
+                    continue
+                if outcome.run_id:
+                    run_ids.setdefault(setting, []).append(outcome.run_id)
+                if not outcome.ok:
+                    errors.setdefault(setting, []).append(outcome.error or "failed")
+                    continue
+                for m in spec.metrics:
+                    value = outcome.metrics.get(METRIC_KEYS[m])
+                    if value is not None and math.isfinite(value):
+                        per_metric[m].values[seed] = 100.0 * value
+            stats[setting] = per_metric
+        results.append(RowResult(row, stats, errors, seeds, run_ids))
+    return results
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
+def _cell(stat: Stat | None, expected: int) -> str:
+    if stat is None:
+        return "-"
+    if stat.n == 0:
+        return "failed"
+    text = f"{stat.mean:.1f}" if stat.n == 1 and expected == 1 else f"{stat.mean:.1f} ± {stat.std:.1f}"
+    return text if stat.n == expected else f"{text} ({stat.n}/{expected})"
+
+
+def _diff(stat: Stat | None, published: float | None) -> float | None:
+    if stat is None or stat.n == 0 or published is None:
+        return None
+    return stat.mean - published
+
+
+def _paper_value(row: RowSpec, metric: str) -> float | None:
+    return None if row.paper is None else row.paper.values.get(metric)
+
+
+def render_markdown(spec: TableSpec, results: list[RowResult]) -> str:
+    tuned = "tuned" in spec.settings
+    header = list(spec.columns)
+    for m in spec.metrics:
+        name = METRIC_NAMES[m]
+        header += [f"{name} paper", f"{name} ours", "Δ"] + ([f"{name} tuned"] if tuned else [])
+    lines = [f"### {spec.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    flagged, missing = [], False
+    for res in results:
+        row = res.spec
+        cells = [row.columns[c] for c in spec.columns]
+        for m in spec.metrics:
+            published = _paper_value(row, m)
+            missing = missing or published is None
+            mark = " (!)" if m == "H" and row.paper is not None and row.paper.inconsistent else ""
+            ours = res.stats.get("paper", {}).get(m)
+            diff = _diff(ours, published)
+            cells += [_fmt(published) + mark, _cell(ours, res.expected), "n/a" if diff is None else f"{diff:+.1f}"]
+            if tuned:
+                cells.append(_cell(res.stats.get("tuned", {}).get(m), res.expected))
+        if row.paper is not None and row.paper.inconsistent:
+            flagged.append(f"{row.label}: {row.paper.flag_note()}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Numbers in percent; ours: mean ± std over seeds (paper settings); Δ = ours - paper.")
+    for note in flagged:
+        lines.append(f"(!) inconsistent published row, {note}")
+    if missing:
+        lines.append("n/a: number not found in the sources available to us (see harness/paper/README.md); "
+                     "left empty rather than guessed.")
+    for res in results:
+        for setting, errs in res.errors.items():
+            lines.append(f"failed: {res.spec.label} [{setting}] {len(errs)}/{res.expected} seeds: {errs[0]}")
+    lines.extend(spec.notes)
+    return "\n".join(lines) + "\n"
+
+
+def table_records(spec: TableSpec, results: list[RowResult]) -> list[dict[str, object]]:
+    """One flat record per row (CSV and JSON)."""
+    records = []
+    for res in results:
+        row = res.spec
+        rec: dict[str, object] = {"table": spec.name, "row": row.id, "label": row.label, **row.columns,
+                                  "dataset": row.config.dataset, "model": row.config.model}
+        for m in spec.metrics:
+            published = _paper_value(row, m)
+            rec[f"{m}_paper"] = published
+            for setting in spec.settings:
+                stat = res.stats.get(setting, {}).get(m)
+                prefix = "ours" if setting == "paper" else "tuned"
+                rec[f"{m}_{prefix}_mean"] = None if stat is None or stat.n == 0 else round(stat.mean, 4)
+                rec[f"{m}_{prefix}_std"] = None if stat is None or stat.n == 0 else round(stat.std, 4)
+                rec[f"{m}_{prefix}_n"] = 0 if stat is None else stat.n
+            diff = _diff(res.stats.get("paper", {}).get(m), published)
+            rec[f"{m}_diff"] = None if diff is None else round(diff, 4)
+        rec["paper_source"] = "" if row.paper is None else row.paper.source
+        rec["paper_h_recomputed"] = (None if row.paper is None or row.paper.recomputed_h is None
+                                     else round(row.paper.recomputed_h, 2))
+        rec["failures"] = sum(len(e) for e in res.errors.values())
+        records.append(rec)
+    return records
+
+
+def render_csv(records: list[dict[str, object]]) -> str:
+    if not records:
+        return ""
+    buf = io.StringIO()
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- claims of Table 4
+
+
+@dataclass
+class PairCheck:
+    better: str
+    worse: str
+    metric: str
+    diffs: dict[int, float]  # seed -> better - worse, percentage points
+
+    @property
+    def holds(self) -> int:
+        return sum(d > 0 for d in self.diffs.values())
+
+    @property
+    def verdict(self) -> str:
+        if not self.diffs:
+            return "n/a"
+        if self.holds == len(self.diffs):
+            return "holds"
+        if all(d == 0 for d in self.diffs.values()):
+            return "no change"
+        return "fails" if self.holds == 0 else "mixed"
+
+
+@dataclass
+class ClaimCheck:
+    text: str
+    pairs: list[PairCheck]
+
+    @property
+    def verdict(self) -> str:
+        verdicts = {p.verdict for p in self.pairs if p.verdict != "n/a"}
+        if not verdicts:
+            return "n/a"
+        return verdicts.pop() if len(verdicts) == 1 else "mixed"
+
+
+def check_claims(results: list[RowResult], claims: list[paper.Claim], setting: str = "paper") -> list[ClaimCheck]:
+    by_row = {r.spec.id: r.stats.get(setting, {}) for r in results}
+    checks: dict[str, ClaimCheck] = {}
+    for claim in claims:
+        better, worse = by_row.get(claim.better), by_row.get(claim.worse)
+        check = checks.setdefault(claim.text, ClaimCheck(claim.text, []))
+        for m in claim.metrics:
+            b = better.get(m) if better else None
+            w = worse.get(m) if worse else None
+            diffs = {} if b is None or w is None else {
+                s: b.values[s] - w.values[s] for s in b.values if s in w.values
+            }
+            check.pairs.append(PairCheck(claim.better, claim.worse, m, diffs))
+    return list(checks.values())
+
+
+def render_claims(checks: list[ClaimCheck], dataset: str, seeds: int) -> str:
+    lines = [f"Claims of the paper's Table 4, checked on {dataset} ({seeds} seed(s), paper settings; rows as numbered "
+             "above; difference = claimed-better row - other row, in points, mean ± std over seeds paired by seed):"]
+    for check in checks:
+        lines.append(f"- {check.text}: {check.verdict.upper()}")
+        for p in check.pairs:
+            if not p.diffs:
+                lines.append(f"    row {p.better} vs row {p.worse}, {p.metric}: n/a (a run failed)")
+                continue
+            stat = Stat(dict(p.diffs))
+            spread = f" ± {stat.std:.1f}" if stat.n > 1 else ""
+            lines.append(f"    row {p.better} vs row {p.worse}, {p.metric}: {stat.mean:+.1f}{spread} points "
+                         f"({p.holds}/{len(p.diffs)} seeds > 0) -> {p.verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def claims_records(checks: list[ClaimCheck]) -> list[dict[str, object]]:
+    out = []
+    for check in checks:
+        for p in check.pairs:
+            stat = Stat(dict(p.diffs))
+            out.append({"claim": check.text, "claim_verdict": check.verdict, "better": p.better, "worse": p.worse,
+                        "metric": p.metric, "diff_mean": None if not p.diffs else round(stat.mean, 4),
+                        "diff_std": None if not p.diffs else round(stat.std, 4), "seeds_holding": p.holds,
+                        "seeds": len(p.diffs), "verdict": p.verdict})
+    return out
+
+
+# ---------------------------------------------------------------- table definitions
+
+
+def model_defaults(model: str) -> dict[str, object]:
+    """The defaults a model's search space declares (the paper's for DAZLE), as TrainConfig values."""
+    import importlib
+
+    try:  # the module directly: works whether or not search_spaces/__init__ is importable
+        space = importlib.import_module(f"search_spaces.{model.replace('-', '_')}")
+    except ModuleNotFoundError:
+        return {}
+    return typed_values(dict(getattr(space, "DEFAULTS", {})), f"search_spaces/{model}.py")
+
+
+def base_config(model: str, dataset: str, common: dict[str, object], variant: str = "full") -> TrainConfig:
+    """The paper's settings for `model` on `dataset`: final stage, seed 0, the model's defaults."""
+    values = {k: v for k, v in model_defaults(model).items() if k not in ("model", "dataset")}
+    config = TrainConfig(**{**values, **common, "model": model, "dataset": dataset, "stage": "final", "seed": 0})
+    return (config.with_variant(variant) if model == "dazle" else config).validate()
+
+
+def _tuned_for(config: TrainConfig, tuned: list[TunedConfig]) -> TrainConfig | None:
+    chosen = pick(tuned, config.model, config.dataset)
+    return None if chosen is None else apply_tuned(config, chosen)
+
+
+def parse_dataset_map(text: str | None, paper_datasets: tuple[str, ...]) -> list[tuple[str, str]]:
+    """--dataset for tables over several datasets.
+
+    Comma-separated items, each `PAPER=OURS` (run OURS in place of the paper's PAPER) or a bare
+    name: one of the paper's datasets runs itself; any other name stands in for all of them.
+    Default: every paper dataset as itself.
+    """
+    if not text:
+        return [(d, d) for d in paper_datasets]
+    pairs: list[tuple[str, str]] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            left, right = (s.strip() for s in item.split("=", 1))
+            if left not in paper_datasets or not right:
+                raise InputError(f"--dataset {item}: expected PAPER=OURS with PAPER one of {', '.join(paper_datasets)}")
+            pairs.append((left, right))
+        elif item in paper_datasets:
+            pairs.append((item, item))
+        else:
+            pairs.extend((d, item) for d in paper_datasets)
+    if not pairs:
+        raise InputError(f"--dataset {text!r}: no dataset named")
+    seen = set()
+    return [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]
+
+
+def _display(paper_dataset: str, ours: str) -> str:
+    return paper_dataset.upper() if ours == paper_dataset else f"{paper_dataset.upper()} (stand-in: {ours})"
+
+
+TABLE2_METHODS = (
+    ("eszsl", "ESZSL", "eszsl", "full"),
+    ("devise", "DeViSE", "devise", "full"),
+    ("dazle-seen-ce", "DAZLE, cross-entropy on seen classes", "dazle", "seen-ce"),
+    ("dazle", "DAZLE, self-calibration", "dazle", "full"),
+)
+TABLE2_DATASETS = ("cub", "sun", "awa2")
+TABLE3_DATASETS = ("cub-ss", "cub")
+
+
+def table2_spec(pairs: list[tuple[str, str]], common: dict, tuned: list[TunedConfig]) -> TableSpec:
+    published = {(r.keys["dataset"], r.keys["method"]): r for r in paper.table2()}
+    rows = []
+    for paper_ds, ours in pairs:
+        for method_id, label, model, variant in TABLE2_METHODS:
+            config = base_config(model, ours, common, variant)
+            rows.append(RowSpec(f"{paper_ds}/{method_id}", f"{label} on {paper_ds.upper()}",
+                                {"dataset": _display(paper_ds, ours), "method": label},
+                                published.get((paper_ds, method_id)), config, _tuned_for(config, tuned)))
+    notes = ["Paper settings: DAZLE lambda 0.1, RMSprop lr 1e-4, batch 50, the dataset's default epochs; "
+             "ESZSL and DeViSE have no setting in the DAZLE paper (its baseline rows come from GBU, tuned on "
+             "validation there), so ours use the defaults of search_spaces/<model>.py or TrainConfig; "
+             "pass --tuned to run a search's best configuration beside them."]
+    return TableSpec("table2", "Table 2: GZSL on CUB, SUN, AWA2 (acc_s, acc_u, H)", ("acc_s", "acc_u", "H"),
+                     ("dataset", "method"), rows, notes)
+
+
+def table3_spec(pairs: list[tuple[str, str]], common: dict, tuned: list[TunedConfig]) -> TableSpec:
+    published = {r.keys["dataset"]: r for r in paper.table3()}
+    rows = []
+    for paper_ds, ours in pairs:
+        row = published.get(paper_ds)
+        split = row.keys["split"] if row else paper_ds
+        config = base_config("dazle", ours, common)
+        rows.append(RowSpec(paper_ds, f"DAZLE, CUB {split}",
+                            {"split": f"{split} ({'standard' if split == 'SS' else 'proposed'})",
+                             "dataset": _display(paper_ds, ours)},
+                            row, config, _tuned_for(config, tuned)))
+    return TableSpec("table3", "Table 3: DAZLE's ZSL accuracy on CUB, standard split (SS) vs proposed split (PS)",
+                     ("zsl_top1",), ("split", "dataset"), rows)
+
+
+def _switch(text: str, name: str) -> bool:
+    if text.strip() not in ("0", "1"):
+        raise ValueError(f"harness/paper/table4.csv: column {name!r} holds {text!r}, expected 0 or 1")
+    return text.strip() == "1"
+
+
+def table4_spec(ours: str, common: dict, tuned: list[TunedConfig]) -> TableSpec:
+    rows = []
+    for published in paper.table4():
+        e = published.extra
+        switches = {name: _switch(e[name], name) for name in
+                    ("dense_attention", "self_calibration", "attribute_attention", "trainable_semantics")}
+        config = replace(base_config("dazle", ours, common), **switches).validate()
+        mark = {True: "✓", False: "-"}
+        rows.append(RowSpec(
+            published.keys["row"], e.get("label", published.keys["row"]),
+            {"#": published.keys["row"], "configuration": e.get("label", ""),
+             "dense att.": mark[switches["dense_attention"]], "self-calib.": mark[switches["self_calibration"]],
+             "att. over attr.": mark[switches["attribute_attention"]],
+             "v_a": "trainable" if switches["trainable_semantics"] else "fixed"},
+            published, config, _tuned_for(config, tuned)))
+    title = "Table 4: DAZLE ablation on DeepFashion" + ("" if ours == "deepfashion" else f" (stand-in: {ours})")
+    return TableSpec("table4", title, ("acc_s", "acc_u", "H"),
+                     ("#", "configuration", "dense att.", "self-calib.", "att. over attr.", "v_a"), rows)

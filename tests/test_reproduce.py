@@ -1,0 +1,207 @@
+"""harness.reproduce without Ray: the paper's numbers as data, the H check, option parsing, tuned
+configurations, the claims logic, the plots, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import reproduce, reproduce_paper, reproduce_tables
+from harness.config import TrainConfig
+from harness.errors import InputError
+from harness.reproduce_tuned import apply_tuned, load_tuned, parse_json, pick
+
+# ---------------------------------------------------------------- the published numbers
+
+
+def test_paper_tables_load_from_package_data():
+    t2, t3, t4 = reproduce_paper.table2(), reproduce_paper.table3(), reproduce_paper.table4()
+    assert {(r.keys["dataset"], r.keys["method"]) for r in t2} == {
+        (d, m) for d in ("cub", "sun", "awa2") for m in ("eszsl", "devise", "dazle-seen-ce", "dazle")}
+    cub_eszsl = next(r for r in t2 if r.keys == {"dataset": "cub", "method": "eszsl"})
+    assert cub_eszsl.values == {"acc_s": 63.8, "acc_u": 12.6, "H": 21.0}
+    assert [r.keys["dataset"] for r in t3] == ["cub-ss", "cub"]
+    assert [r.keys["row"] for r in t4] == [str(i) for i in range(1, 8)]
+    # numbers we could not source stay empty, never zero
+    assert all(v is None for r in t4 for v in r.values.values())
+
+
+def test_h_consistency_flag_fires_for_sun_eszsl_only():
+    flagged = [r for r in reproduce_paper.table2() if r.inconsistent]
+    assert [(r.keys["dataset"], r.keys["method"]) for r in flagged] == [("sun", "eszsl")]
+    row = flagged[0]
+    assert row.recomputed_h == pytest.approx(2 * 27.9 * 11.0 / 38.9)
+    assert "printed H 12.1" in row.flag_note() and "15.8" in row.flag_note()
+
+
+def test_h_check_tolerates_rounding_but_not_errors():
+    assert reproduce_paper.check_h({"acc_s": 63.8, "acc_u": 12.6, "H": 21.0}) is None
+    assert reproduce_paper.check_h({"acc_s": 63.8, "acc_u": 12.6, "H": 21.15}) is None  # within 0.15
+    assert reproduce_paper.check_h({"acc_s": 63.8, "acc_u": 12.6, "H": 22.0}) == pytest.approx(21.04, abs=0.01)
+    assert reproduce_paper.check_h({"acc_s": None, "acc_u": 12.6, "H": 22.0}) is None
+
+
+def test_claims_reference_rows_that_differ_in_the_claimed_switch_only():
+    rows = {r.keys["row"]: r.extra for r in reproduce_paper.table4()}
+    switch_of = {"self-calibration": "self_calibration", "dense attention": "dense_attention",
+                 "attention over attributes": "attribute_attention", "trainable v_a": "trainable_semantics"}
+    switches = ("dense_attention", "self_calibration", "attribute_attention", "trainable_semantics")
+    for claim in reproduce_paper.table4_claims():
+        better, worse = rows[claim.better], rows[claim.worse]
+        differing = [s for s in switches if better[s] != worse[s]]
+        expected = next(v for k, v in switch_of.items() if claim.text.startswith(k))
+        assert differing == [expected], claim
+        assert better[expected] == "1" and worse[expected] == "0"
+
+
+def test_markdown_flags_inconsistent_row_and_marks_missing_numbers():
+    spec = reproduce_tables.table2_spec([("sun", "synthetic")], {"epochs": 1}, [])
+    results = reproduce_tables.aggregate(spec, {}, seeds=1)
+    text = reproduce_tables.render_markdown(spec, results)
+    assert "12.1 (!)" in text
+    assert "printed H 12.1, but 2*27.9*11.0/(27.9+11.0) = 15.8" in text
+    assert "n/a" in text  # the DAZLE rows we could not source
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_dataset_map_forms():
+    parse = reproduce_tables.parse_dataset_map
+    paper = ("cub", "sun", "awa2")
+    assert parse(None, paper) == [("cub", "cub"), ("sun", "sun"), ("awa2", "awa2")]
+    assert parse("synthetic", paper) == [("cub", "synthetic"), ("sun", "synthetic"), ("awa2", "synthetic")]
+    assert parse("cub=synthetic,awa2", paper) == [("cub", "synthetic"), ("awa2", "awa2")]
+    with pytest.raises(InputError, match="--dataset"):
+        parse("imagenet=synthetic", paper)
+
+
+def test_table_specs_use_the_papers_settings():
+    spec = reproduce_tables.table4_spec("synthetic-deepfashion", {"epochs": None}, [])
+    assert len(spec.rows) == 7
+    for row in spec.rows:
+        c = row.config
+        assert (c.stage, c.lam, c.lr, c.batch_size, c.epochs, c.model) == ("final", 0.1, 1e-4, 50, None, "dazle")
+    assert [r.config.self_calibration for r in spec.rows] == [False, True, False, True, False, True, True]
+    assert spec.rows[6].config.trainable_semantics is False
+    trials = spec.trials(3)
+    assert len(trials) == 21 and {t.config.seed for t in trials} == {0, 1, 2}
+    t2 = reproduce_tables.table2_spec([("cub", "synthetic")], {}, [])
+    by_id = {r.id: r.config for r in t2.rows}
+    assert by_id["cub/dazle-seen-ce"].self_calibration is False and by_id["cub/dazle"].self_calibration
+    assert by_id["cub/eszsl"].model == "eszsl"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["table4", "--seeds", "0"], "--seeds"),
+    (["table4", "--dataset", "no-such-set"], "unknown dataset"),
+    (["table4", "--dataset", "synthetic", "--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    (["fig4", "--dataset", "synthetic", "--k-grid", "0,500"], "--k-grid"),
+    (["fig4", "--dataset", "synthetic", "--lambda-grid", "a,b"], "--lambda-grid"),
+    (["table2", "--dataset", "cub=synthetic", "--tuned", "/no/such/file"], "--tuned"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    code = reproduce.run([*argv, "--tracking-uri", f"sqlite:///{db}", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and "\n" not in err
+    assert not db.exists()
+
+
+def test_missing_cache_names_the_prepare_command_and_the_stand_in(tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    code = reproduce.run(["table4", "--dataset", "deepfashion", "--data-root", str(empty),
+                          "--cache-dir", str(empty), "--tracking-uri", f"sqlite:///{db}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err
+    assert "python -m harness.features extract --dataset deepfashion --data-root DIR" in err
+    assert "--dataset synthetic-deepfashion" in err
+    assert not db.exists()
+
+
+# ---------------------------------------------------------------- tuned configurations
+
+
+def test_tuned_json_layouts_and_what_is_carried(tmp_path):
+    flat = parse_json({"model": "dazle", "dataset": "synthetic", "lambda": "0.3", "num_attributes": "all",
+                       "lr": 0.002, "self_calibration": "False", "epochs": 7, "unknown_key": 1}, "x")
+    nested = parse_json({"best_config": {"lam": 0.3, "lr": 0.002}, "model": "dazle", "dataset": "synthetic"}, "x")
+    by_model = parse_json({"dazle": {"model": "dazle", "lam": 0.3}, "eszsl": {"model": "eszsl", "eszsl_gamma": 10}}, "x")
+    assert flat[0].values["lam"] == 0.3 and flat[0].values["num_attributes"] is None
+    assert nested[0].values["lam"] == 0.3 and nested[0].dataset == "synthetic"
+    assert {c.model for c in by_model} == {"dazle", "eszsl"}
+    base = TrainConfig(dataset="synthetic", self_calibration=True, num_attributes=10)
+    tuned = apply_tuned(base, flat[0])
+    assert (tuned.lam, tuned.lr, tuned.epochs, tuned.num_attributes) == (0.3, 0.002, 7, None)
+    assert tuned.self_calibration is True  # ablation switches stay the row's
+    assert pick(flat, "dazle", "synthetic") is flat[0] and pick(flat, "dazle", "cub") is None
+    path = tmp_path / "search"
+    path.mkdir()
+    (path / "best_config.json").write_text(json.dumps({"model": "eszsl", "eszsl_gamma": 10.0}))
+    assert load_tuned(str(path), "sqlite:///unused.db")[0].values["eszsl_gamma"] == 10.0
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="bad.json"):
+        load_tuned(str(tmp_path / "bad.json"), "sqlite:///unused.db")
+    with pytest.raises(InputError, match="model"):
+        parse_json({"lam": 0.1}, "x")
+
+
+@pytest.mark.slow
+def test_tuned_from_a_search_parent_run_in_mlflow(tmp_path):
+    from harness import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.experiment_id(uri, "search")
+    parent = tracking.start_run(uri, exp, "search", params={"num_samples": 8})
+    best = TrainConfig(dataset="synthetic", lam=0.4, lr=3e-4, num_attributes=20, stage="final", seed=1)
+    for seed in (0, 1):  # one final retrain per seed, same configuration
+        child = tracking.start_run(uri, exp, f"final-{seed}", params=best.as_params(), parent=parent)
+        tracking.end_run(child)
+    tracking.start_run(uri, exp, "trial-0", params={**best.as_params(), "stage": "search", "lambda": 9.0},
+                       parent=parent)
+    tracking.end_run(parent)
+    found = load_tuned(parent.run_id, uri)
+    assert len(found) == 1
+    assert (found[0].model, found[0].dataset) == ("dazle", "synthetic")
+    assert (found[0].values["lam"], found[0].values["lr"], found[0].values["num_attributes"]) == (0.4, 3e-4, 20)
+    with pytest.raises(InputError, match="no such MLflow run"):
+        load_tuned("0" * 32, uri)
+
+
+# ---------------------------------------------------------------- claims and plots
+
+
+def _result(row_id: str, values: dict[str, dict[int, float]]):
+    spec = reproduce_tables.RowSpec(row_id, row_id, {}, None, TrainConfig())
+    stats = {"paper": {m: reproduce_tables.Stat(dict(v)) for m, v in values.items()}}
+    return reproduce_tables.RowResult(spec, stats, {}, 3, {})
+
+
+def test_claim_verdicts_pair_seeds():
+    claims = [reproduce_paper.Claim("x raises H", ("H",), "b", "a"),
+              reproduce_paper.Claim("x raises H", ("H",), "d", "c")]
+    results = [_result("a", {"H": {0: 10, 1: 10, 2: 10}}), _result("b", {"H": {0: 12, 1: 11, 2: 13}}),
+               _result("c", {"H": {0: 10, 1: 10, 2: 10}}), _result("d", {"H": {0: 9, 1: 11, 2: 10}})]
+    (check,) = reproduce_tables.check_claims(results, claims)
+    assert [p.verdict for p in check.pairs] == ["holds", "mixed"]
+    assert check.pairs[0].diffs == {0: 2, 1: 1, 2: 3}
+    assert check.verdict == "mixed"
+    text = reproduce_tables.render_claims([check], "synthetic", 3)
+    assert "row b vs row a, H: +2.0 ± 1.0 points (3/3 seeds > 0) -> holds" in text
+
+
+def test_figures_write_png(tmp_path):
+    from harness.figures import Series, plot_attributes, plot_lambda
+
+    a = plot_attributes([Series("with", [5, 10, 20], [10, 20, 30], [1, 1, 1]),
+                         Series("without", [5, 10, 20], [8, 15, 25], [0, 0, 0], dashed=True)],
+                        tmp_path / "a.png", "left")
+    b = plot_lambda([Series("H", [0.0, 0.1, 1.0], [1, 2, 3], [0, 0, 0])], tmp_path / "b.png", "right")
+    for path in (a, b):
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
