@@ -70,6 +70,17 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
             raise InputError(f"--tracking-uri {uri}: folder {path.parent} is not writable")
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to the database, never to ./mlruns.
+
+    MLflow's default for a SQLite store is <cwd>/mlruns; a non-empty ./mlruns later switches the
+    default tracking store to the refusing file store (STACK.md). Servers keep their own default.
+    """
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     """Create the experiment once (from the driver) so workers never race on creating it."""
     client = _client(uri)
@@ -77,7 +88,7 @@ def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -150,11 +161,11 @@ def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None
     ref.client.log_artifact(ref.run_id, str(path), artifact_path)
 
 
-def log_text(ref: RunRef, text: str, filename: str) -> None:
+def log_text(ref: RunRef, text: str, filename: str, artifact_path: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / filename
         target.write_text(text)
-        log_artifact(ref, target)
+        log_artifact(ref, target, artifact_path)
 
 
 def end_run(ref: RunRef, status: str = "FINISHED") -> None:
@@ -166,3 +177,67 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+# ---------------------------------------------------------------- finding and repairing runs
+# A search keys its child runs by tags (Ray trial id, final seed) so that a resumed search or a
+# retried trial reopens its run instead of creating a second one.
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def child_runs(
+    uri: str, exp_id: str, parent_run_id: str, tags: Mapping[str, object] | None = None,
+    status: str | None = None,
+) -> list:
+    """Runs of `exp_id` whose parent is `parent_run_id` (and whose tags match `tags`)."""
+    clauses = [f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)}"]
+    clauses += [f"tags.`{k}` = {_quote(v)}" for k, v in (tags or {}).items()]
+    if status:
+        clauses.append(f"attributes.status = {_quote(status)}")
+    client = _client(uri)
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], " and ".join(clauses), max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def run_status(ref: RunRef) -> str:
+    return ref.client.get_run(ref.run_id).info.status
+
+
+def reopen_run(ref: RunRef) -> None:
+    """Mark a run RUNNING again (a retried or resumed trial continues its own run)."""
+    ref.client.update_run(ref.run_id, status="RUNNING")
+
+
+def max_metric_step(ref: RunRef, key: str) -> int | None:
+    """The highest step logged for `key`, so a resumed writer does not log a step twice."""
+    history = ref.client.get_metric_history(ref.run_id, key)
+    return max((m.step for m in history), default=None)
+
+
+def end_orphans(uri: str, exp_id: str, parent_run_id: str, reason: str, status: str = "KILLED") -> list[str]:
+    """Children of a parent left RUNNING by a dead process: end them as KILLED (or FAILED).
+
+    Returns the run ids it ended. Called by a resumed search before any trial restarts; a trial
+    that then resumes reopens its own run.
+    """
+    ended = []
+    for run in child_runs(uri, exp_id, parent_run_id, status="RUNNING"):
+        ref = RunRef(uri, exp_id, run.info.run_id)
+        set_tags(ref, {"ended_by": reason})
+        end_run(ref, status)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def log_json(ref: RunRef, obj: object, filename: str, artifact_path: str | None = None) -> None:
+    import json
+
+    log_text(ref, json.dumps(obj, indent=2, sort_keys=True, default=str), filename, artifact_path)

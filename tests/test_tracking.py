@@ -1,0 +1,69 @@
+"""harness.tracking against a real SQLite MLflow store in a temp folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import tracking
+from harness.errors import InputError
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written to ./mlruns by mistake would show up here
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, tracking.experiment_id(uri, "test-exp")
+
+
+def test_experiment_is_created_once_with_artifacts_next_to_the_database(store, tmp_path):
+    uri, exp = store
+    assert tracking.experiment_id(uri, "test-exp") == exp
+    location = tracking._client(uri).get_experiment(exp).artifact_location
+    assert location == (tmp_path / "mlartifacts").as_uri()
+    ref = tracking.start_run(uri, exp, "r")
+    tracking.log_json(ref, {"a": 1}, "config.json")
+    tracking.end_run(ref)
+    assert not (tmp_path / "mlruns").exists()
+    assert json.loads(next((tmp_path / "mlartifacts").rglob("config.json")).read_text()) == {"a": 1}
+
+
+def test_children_are_found_by_tag_and_orphans_are_ended(store):
+    uri, exp = store
+    parent = tracking.start_run(uri, exp, "search", params={"lambda": 0.1}, tags={"kind": "search"})
+    a = tracking.start_run(uri, exp, "a", tags={"ray_trial_id": "t1"}, parent=parent)
+    b = tracking.start_run(uri, exp, "b", tags={"ray_trial_id": "t2"}, parent=parent)
+    tracking.start_run(uri, exp, "other", tags={"ray_trial_id": "t1"})  # not a child
+    tracking.end_run(b, "FINISHED")
+    found = tracking.child_runs(uri, exp, parent.run_id, {"ray_trial_id": "t1"})
+    assert [r.info.run_id for r in found] == [a.run_id]
+    assert {r.info.run_id for r in tracking.child_runs(uri, exp, parent.run_id)} == {a.run_id, b.run_id}
+
+    assert tracking.end_orphans(uri, exp, parent.run_id, reason="test") == [a.run_id]
+    assert tracking.run_status(a) == "KILLED"
+    assert tracking.run_status(b) == "FINISHED"
+    assert tracking.run_status(parent) == "RUNNING"  # only children are touched
+    tracking.reopen_run(a)
+    assert tracking.run_status(a) == "RUNNING"
+
+
+def test_metrics_steps_and_non_finite_values(store):
+    uri, exp = store
+    ref = tracking.start_run(uri, exp, "m")
+    assert tracking.max_metric_step(ref, "val_H") is None
+    for epoch in (1, 2, 3):
+        tracking.log_metrics(ref, {"val_H": 0.1 * epoch, "loss": float("nan")}, step=epoch)
+    assert tracking.max_metric_step(ref, "val_H") == 3
+    run = ref.client.get_run(ref.run_id)
+    assert "loss" not in run.data.metrics  # NaN is not logged
+    assert [m.step for m in ref.client.get_metric_history(ref.run_id, "val_H")] == [1, 2, 3]
+
+
+def test_check_tracking_fails_fast_with_one_line(tmp_path):
+    with pytest.raises(InputError, match="unreachable"):
+        tracking.check_tracking("http://127.0.0.1:9", timeout_s=2)
+    with pytest.raises(InputError, match="does not exist"):
+        tracking.check_tracking(f"sqlite:///{tmp_path / 'missing' / 'm.db'}")
+    tracking.check_tracking(f"sqlite:///{Path(tmp_path) / 'ok.db'}")
