@@ -1,0 +1,82 @@
+"""Joining or starting Ray, with a quick, clear failure instead of a hanging ray.init.
+
+`--address HOST:PORT` (or `auto`) joins an existing cluster. Before ray.init the address is
+checked with a plain TCP connect under a timeout, so an unreachable cluster is one line and exit
+2 before any trial starts. Without `--address` a private local instance is started
+(address="local": a stale cluster file of an earlier run must not be joined by accident).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from harness.errors import InputError
+
+CONNECT_TIMEOUT_S = 5.0
+RAY_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")
+
+
+def _split(address: str) -> tuple[str, int]:
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    return host.strip("[]"), int(port)
+
+
+def resolve_address(address: str) -> str:
+    """'auto' -> the address of the cluster this machine runs (RAY_ADDRESS, else Ray's cluster file)."""
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env not in ("auto", "local"):
+        return env
+    try:
+        found = RAY_CLUSTER_FILE.read_text().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise InputError("--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)")
+    return found
+
+
+def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
+    """Resolve and TCP-check a cluster address; InputError (one line) when nothing answers."""
+    resolved = resolve_address(address)
+    host, port = _split(resolved)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        shown = address if address == resolved else f"{address} ({resolved})"
+        raise InputError(f"--address {shown}: Ray cluster unreachable ({err or type(err).__name__})") from err
+    return resolved
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> dict[str, float]:
+    """Connect to (or start) Ray and return the cluster's resources."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Checkpoints every epoch force frequent experiment snapshots (wanted: resume loses little);
+    # Tune warns about each one.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    kwargs = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
+              "logging_level": "INFO" if verbose else "WARNING"}
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, TimeoutError) as err:
+            raise InputError(f"--address {address}: could not join the Ray cluster ({err})") from err
+    return dict(ray.cluster_resources())
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

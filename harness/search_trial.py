@@ -1,0 +1,218 @@
+"""One search trial, as it runs inside a Ray worker on any node of the cluster.
+
+The trial
+1. checks that its dataset (and feature cache) is readable on this node, and fails with a clear
+   message naming the node if not;
+2. seals the dataset: it keeps only the search view's images (train classes plus validation
+   classes, never a test index), so nothing the trial runs can read a test image;
+3. opens (or, when Ray retries or a search resumes it, reopens) its own MLflow child run, keyed by
+   the Ray trial id, and logs parameters, tags and per-epoch validation metrics;
+4. calls harness.train.fit(stage="search") and reports every validation pass to Ray Tune with a
+   checkpoint, so ASHA can stop it and a restored trial knows where it was.
+
+Resuming a trial replays training deterministically from the start (fit is seeded) and reports
+only the passes after its checkpoint; fit() has no hook to load a model mid-run yet.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import tracking
+from harness.config import TrainConfig
+from harness.data.base import GZSLDataset, RestrictedFeatures, SplitLeakError
+from harness.data.splits import ProtocolView, search_view
+from harness.search_space import same_point, trial_config
+from harness.train import DivergenceError, fit, resolve_dataset
+
+REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
+STATE_FILE = "trial_state.json"
+
+
+class FeatureCacheError(RuntimeError):
+    """The dataset or its feature cache cannot be read on the node a trial landed on."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one search shares; plain data, shipped to every worker."""
+
+    base: dict[str, Any]  # TrainConfig fields fixed for the search (dataset, model, epochs, seed, ...)
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    git_commit: str
+    paper_point: dict[str, Any] = field(default_factory=dict)
+    search_name: str = ""
+
+
+# ---------------------------------------------------------------- data on this node
+
+_DATASETS: dict[tuple, tuple[GZSLDataset, np.ndarray]] = {}
+
+
+def node_name() -> str:
+    """Host name plus Ray node id (two Ray nodes can share a host)."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # outside Ray
+        node = "local"
+    return f"{socket.gethostname()}/{node}"
+
+
+def load_on_node(config: TrainConfig) -> GZSLDataset:
+    """The dataset with one feature record read, or FeatureCacheError naming this node."""
+    try:
+        dataset = resolve_dataset(config)
+        dataset.features.read(np.asarray(dataset.trainval_loc[:1]))
+    except Exception as err:
+        raise FeatureCacheError(
+            f"dataset {config.dataset!r}: data or feature cache not readable on node {node_name()} "
+            f"(cache_dir={config.cache_dir!r}, data_root={config.data_root!r}): {type(err).__name__}: {err}"
+        ) from err
+    return dataset
+
+
+def sealed_dataset(dataset: GZSLDataset) -> GZSLDataset:
+    """The dataset as a search trial may see it: no test index, features of the search view only.
+
+    Test locations are emptied and the feature source refuses (SplitLeakError) every image
+    outside the search view, so code that asks for a test image fails instead of reading it.
+    """
+    view = search_view(dataset)
+    empty = np.zeros(0, dtype=np.int64)
+    return replace(
+        dataset,
+        features=RestrictedFeatures(dataset.features, view.all_indices()),
+        test_seen_loc=empty,
+        test_unseen_loc=empty,
+    )
+
+
+def forbidden_indices(dataset: GZSLDataset) -> np.ndarray:
+    return np.union1d(dataset.test_seen_loc, dataset.test_unseen_loc)
+
+
+def check_sealed(view: ProtocolView, forbidden: np.ndarray) -> None:
+    """Raise SplitLeakError if a view a trial used holds any of the `forbidden` (test) images."""
+    leaked = np.intersect1d(view.all_indices(), forbidden)
+    if leaked.size:
+        raise SplitLeakError(f"search view holds {leaked.size} test images, e.g. {leaked[:5].tolist()}")
+
+
+def trial_dataset(config: TrainConfig) -> tuple[GZSLDataset, np.ndarray]:
+    """(sealed dataset, the original test indices) for this node, cached per worker process."""
+    key = (config.dataset, config.data_root, config.cache_dir, config.word_vectors, config.data_seed)
+    if key not in _DATASETS:
+        dataset = load_on_node(config)
+        _DATASETS.clear()  # one dataset per worker: a reused actor keeps it, a new dataset replaces it
+        _DATASETS[key] = (sealed_dataset(dataset), forbidden_indices(dataset))
+    return _DATASETS[key]
+
+
+# ---------------------------------------------------------------- MLflow child run
+
+
+def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str]) -> tracking.RunRef:
+    """This trial's child run: reopened when it exists (retry or resume), created otherwise."""
+    parent = tracking.RunRef(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    existing = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, {"ray_trial_id": trial_id})
+    if existing:
+        run = sorted(existing, key=lambda r: r.info.start_time)[0]
+        ref = tracking.RunRef(ctx.tracking_uri, ctx.experiment_id, run.info.run_id)
+        attempts = int(run.data.tags.get("attempts", "1")) + 1
+        tracking.reopen_run(ref)
+        tracking.set_tags(ref, {**tags, "attempts": attempts})
+        return ref
+    return tracking.start_run(
+        ctx.tracking_uri, ctx.experiment_id, f"{config.model}-{trial_id}", params=config.as_params(),
+        tags={**tags, "attempts": "1"}, parent=parent,
+    )
+
+
+def _read_state(checkpoint) -> dict[str, Any]:
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / STATE_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ---------------------------------------------------------------- the trainable
+
+
+def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune function trainable: one configuration, reported every validation pass."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_config(ctx.base, params)
+    state = _read_state(tune.get_checkpoint())
+    done_iterations = int(state.get("iteration", 0))
+    tags = {
+        "kind": "trial", "dataset": config.dataset, "model": config.model, "ray_trial_id": trial_id,
+        "node": socket.gethostname(), "ray_node": node_name(), "git_commit": ctx.git_commit,
+        "search": ctx.search_name, "paper_config": str(same_point(params, ctx.paper_point)).lower(),
+    }
+    try:
+        dataset, forbidden = trial_dataset(config)
+    except FeatureCacheError as err:
+        # Record the failure in MLflow too, then let Ray retry it (another node may work).
+        ref = open_trial_run(ctx, trial_id, config, tags)
+        tracking.set_tags(ref, {"error": str(err)[:5000], "failure_reason": "feature cache unreadable"})
+        tracking.end_run(ref, "FAILED")
+        raise
+    tags["feature_cache_id"] = dataset.feature_cache_id
+    ref = open_trial_run(ctx, trial_id, config, tags)
+    step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
+    logged_up_to = tracking.max_metric_step(ref, "val_H") if done_iterations else None
+    iteration = 0
+
+    def report(record: dict[str, float]) -> None:
+        nonlocal iteration
+        iteration += 1
+        if iteration <= done_iterations:  # replayed pass, already reported before the restore
+            return
+        metrics = {k: float(record[k]) for k in REPORTED_METRICS if k in record}
+        metrics["epoch"] = float(record["epoch"])
+        step = int(record["epoch"]) if step_key == "epoch" else iteration
+        if logged_up_to is None or step > logged_up_to:
+            tracking.log_metrics(ref, metrics, step=step)
+        with tempfile.TemporaryDirectory() as folder:
+            state = {"iteration": iteration, "epoch": record["epoch"], "step": record["step"], "run_id": ref.run_id}
+            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
+            tune.report({**metrics, "diverged": 0.0}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        result = fit(config, dataset, reporter=report)
+        check_sealed(result.view, forbidden)
+    except DivergenceError as err:
+        # A NaN loss is a property of the configuration: record it as failed, do not retry it.
+        tracking.set_tags(ref, {"failure_reason": "diverged", "error": str(err), "diverged_epoch": err.epoch,
+                                "diverged_step": err.step})
+        tracking.end_run(ref, "FAILED")
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+                     "diverged_step": float(err.step), "error": str(err)})
+        return
+    except SystemExit:
+        # ASHA stopped the trial (Tune raises SystemExit inside tune.report): an early stop, not a failure.
+        tracking.set_tags(ref, {"stopped_early": "true", "last_iteration": iteration})
+        tracking.end_run(ref, "FINISHED")
+        raise
+    except BaseException as err:
+        tracking.set_tags(ref, {"error": f"{type(err).__name__}: {err}"[:5000], "failure_reason": type(err).__name__})
+        tracking.end_run(ref, "FAILED")
+        raise
+    extra = {k: v for k, v in result.metrics.items() if k not in REPORTED_METRICS}
+    tracking.log_metrics(ref, extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
+    tracking.set_tags(ref, {"stopped_early": "false", "fit_seconds": f"{result.seconds:.2f}"})
+    tracking.end_run(ref, "FINISHED")

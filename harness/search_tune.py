@@ -1,0 +1,251 @@
+"""Ray Tune pieces of a search: Optuna TPE proposes, ASHA stops, callbacks keep MLflow honest.
+
+- OptunaSearch (TPE, seeded, constant liar for parallel trials) with the paper configuration
+  enqueued as the first point (points_to_evaluate).
+- ASHA on the validation H reported every epoch (or `reports_per_epoch` times an epoch). The
+  paper configuration's trial is never stopped early, so the search always knows its full-length
+  validation H and can never end worse than the paper's settings.
+- A driver-side callback ends the MLflow run of every trial that ended without doing so itself
+  (a crashed worker, an error after the retries), so no trial run is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from harness import tracking
+from harness.search_space import ResolvedSpace, same_point
+from harness.search_trial import TrialContext, run_trial
+
+METRIC, MODE = "val_H", "max"
+
+
+class PaperFirstASHA(ASHAScheduler):
+    """ASHA that records the paper configuration's results at every rung but never stops it."""
+
+    def __init__(self, protected: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.protected = dict(protected)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if (action == TrialScheduler.STOP and same_point(dict(trial.config), self.protected)
+                and result.get(self._time_attr, 0) < self._max_t):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
+class TrialRunsCallback(tune.Callback):
+    """Ends the MLflow run of a trial Ray saw finish or fail, if the trial left it RUNNING."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_t: int) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.max_t = max_t
+
+    def _runs(self, trial) -> list[tracking.RunRef]:
+        runs = tracking.child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                   {"ray_trial_id": trial.trial_id}, status="RUNNING")
+        return [tracking.RunRef(self.tracking_uri, self.experiment_id, r.info.run_id) for r in runs]
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        iterations = int((trial.last_result or {}).get("training_iteration", 0) or 0)
+        for ref in self._runs(trial):
+            tracking.set_tags(ref, {"ended_by": "driver: trial complete",
+                                    "stopped_early": str(iterations < self.max_t).lower()})
+            tracking.end_run(ref, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        message = trial_error(trial)
+        for ref in self._runs(trial):
+            tracking.set_tags(ref, {"ended_by": "driver: trial error", "error": message[:5000]})
+            tracking.end_run(ref, "FAILED")
+
+
+class ProgressCallback(tune.Callback):
+    """A tqdm bar on stderr: trials ended out of the planned number, best validation H so far."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label = total, label
+        self.best = -math.inf
+        self._bar = None
+
+    def __getstate__(self) -> dict:  # the bar is not part of the experiment state
+        return {**self.__dict__, "_bar": None}
+
+    def setup(self, **info) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total, desc=self.label, unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+    def _tick(self, trial, ok: bool) -> None:
+        if self._bar is None:
+            self.setup()
+        value = (trial.last_result or {}).get(METRIC)
+        if ok and isinstance(value, int | float) and math.isfinite(value):
+            self.best = max(self.best, float(value))
+        self._bar.update(1)
+        if self.best > -math.inf:
+            self._bar.set_postfix(best_val_H=f"{self.best:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._tick(trial, True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._tick(trial, False)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error file (the exception and its message)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def grace_period(max_t: int) -> int:
+    """ASHA's first rung: a fifth of a trial's reports (epoch 4 of 20), at least one."""
+    return max(1, min(max_t, math.ceil(max_t / 5)))
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """Everything that shapes one model's Tune experiment."""
+
+    space: ResolvedSpace
+    context: TrialContext
+    storage: Path  # the search folder; the experiment lives in storage/<name>
+    name: str
+    num_samples: int
+    max_concurrent: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    seed: int
+    max_t: int  # reports per trial at full length (epochs * reports_per_epoch)
+    max_failures: int = 2
+    reduction_factor: int = 3
+
+    @property
+    def grace_period(self) -> int:
+        return grace_period(self.max_t)
+
+    @property
+    def experiment_path(self) -> Path:
+        return self.storage / self.name
+
+
+def trainable(plan: TunePlan):
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=plan.context), resources)
+
+
+def searcher(plan: TunePlan):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(
+        seed=plan.seed, n_startup_trials=min(10, max(2, plan.num_samples // 3)), multivariate=True,
+        constant_liar=True,
+    )
+    return OptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
+                        points_to_evaluate=[dict(plan.space.defaults)], sampler=sampler)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(plan: TunePlan) -> tune.Tuner:
+    scheduler = PaperFirstASHA(
+        plan.space.defaults, time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=plan.max_t,
+        grace_period=plan.grace_period, reduction_factor=plan.reduction_factor,
+        stop_last_trials=False,  # a trial that reaches max_t ends by itself, with its final metrics
+    )
+    ctx = plan.context
+    run_config = tune.RunConfig(
+        name=plan.name, storage_path=str(plan.storage),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[TrialRunsCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.max_t),
+                   ProgressCallback(plan.num_samples, f"search {plan.space.model}")],
+        verbose=0,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher(plan), scheduler=scheduler, num_samples=plan.num_samples,
+        max_concurrent_trials=plan.max_concurrent, reuse_actors=True, trial_dirname_creator=_trial_dirname,
+    )
+    return tune.Tuner(trainable(plan), tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(plan: TunePlan) -> tune.Tuner | None:
+    """The interrupted experiment, or None when the driver died before Tune saved any state."""
+    path = str(plan.experiment_path)
+    if not tune.Tuner.can_restore(path):
+        return None
+    return tune.Tuner.restore(path, trainable=trainable(plan), resume_unfinished=True, resume_errored=True)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    status: str  # completed | stopped early | diverged | failed
+    iterations: int
+    metrics: dict[str, float]
+    error: str = ""
+    paper: bool = False
+
+    @property
+    def val_H(self) -> float:
+        value = self.metrics.get(METRIC)
+        return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def collect(results, plan: TunePlan) -> list[TrialRecord]:
+    """One record per trial of a ResultGrid, in trial-creation order."""
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        params = {k: v for k, v in (result.config or {}).items() if k in plan.space.params}
+        iterations = int(metrics.get("training_iteration", 0) or 0)
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+        if result.error is not None:
+            status, error = "failed", f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300]
+        elif metrics.get("diverged"):
+            status, error = "diverged", str(metrics.get("error", ""))
+        else:
+            status, error = "completed", ""
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool) and k.startswith(("val_", "loss"))}
+        rows.append(TrialRecord(trial_id, params, status, iterations, numeric, error,
+                                same_point(params, plan.space.defaults)))
+    longest = max((r.iterations for r in rows if r.status == "completed"), default=0)
+    return [
+        TrialRecord(r.trial_id, r.params, "stopped early", r.iterations, r.metrics, r.error, r.paper)
+        if r.status == "completed" and r.iterations < longest else r
+        for r in rows
+    ]
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """Highest final validation H among trials that ran their full length (ties: earliest)."""
+    full = [r for r in records if r.status == "completed" and math.isfinite(r.val_H)]
+    return max(full, key=lambda r: r.val_H, default=None)

@@ -1,0 +1,50 @@
+"""The sealed protocol: what a search trial is given holds no test index and cannot read one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.config import TrainConfig
+from harness.data.base import SplitLeakError
+from harness.data.splits import final_view
+from harness.search_trial import check_sealed, forbidden_indices, sealed_dataset, trial_dataset
+from harness.train import fit, resolve_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return resolve_dataset(TrainConfig(dataset="synthetic"))
+
+
+def test_sealed_dataset_holds_no_test_index_and_refuses_test_images(dataset):
+    test = forbidden_indices(dataset)
+    assert test.size > 0
+    sealed = sealed_dataset(dataset)
+    assert sealed.test_seen_loc.size == 0 and sealed.test_unseen_loc.size == 0
+    assert not np.isin(test, sealed.trainval_loc).any()
+    with pytest.raises(SplitLeakError):
+        sealed.features.read(test[:3])
+    # every image the search view uses stays readable
+    assert sealed.features.read(sealed.trainval_loc[:3]).shape[0] == 3
+
+
+def test_a_trial_fit_uses_views_without_test_indices(dataset):
+    config = TrainConfig(dataset="synthetic", stage="search", epochs=1, num_threads=1)
+    sealed, test = trial_dataset(config)
+    seen_reports = []
+    result = fit(config, sealed, reporter=seen_reports.append)
+    view = result.view
+    for indices in (view.fit_indices, view.eval_seen_indices, view.eval_unseen_indices):
+        assert indices.size > 0
+        assert not np.isin(indices, test).any()
+    # validation "unseen" classes are validation classes, never the dataset's unseen classes
+    assert set(view.class_ids[view.unseen_classes]) == set(dataset.val_classes)
+    assert not set(view.class_ids) & set(dataset.unseen_classes)
+    check_sealed(view, test)
+    assert seen_reports and "val_H" in seen_reports[0]
+
+
+def test_check_sealed_catches_a_view_with_test_images(dataset):
+    with pytest.raises(SplitLeakError, match="test images"):
+        check_sealed(final_view(dataset), forbidden_indices(dataset))
