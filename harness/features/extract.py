@@ -129,7 +129,11 @@ def build_backbone(weights: Weights) -> nn.Module:
     # ResNet-101 in eval mode reaches ~1e5); loaded weights overwrite them.
     model = torchvision.models.resnet101(weights=None, zero_init_residual=weights.state_dict is None)
     if weights.state_dict is not None:
-        missing, unexpected = model.load_state_dict(weights.state_dict, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(weights.state_dict, strict=False)
+        except RuntimeError as err:  # shapes that do not fit
+            first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+            raise InputError(f"--weights {weights.source}: not a torchvision ResNet-101 state dict ({first})") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         unexpected = [k for k in unexpected if not k.startswith("fc.")]
         if missing or unexpected:
