@@ -230,8 +230,6 @@ def test_unseen_labels_are_the_papers():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "harness" / "features" / "__main__.py").is_file(),
-                    reason="harness.features CLI (feature-store issue) not built yet")
 def test_extract_then_train_deepfashion(tmp_path):
     root, cache = tmp_path / "data", tmp_path / "cache"
     make_deepfashion(root, images=True)

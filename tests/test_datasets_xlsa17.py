@@ -463,12 +463,7 @@ def test_cli_exits_2_with_one_line_on_missing_data_root(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-def _features_cli_exists() -> bool:
-    return (REPO / "harness" / "features" / "__main__.py").is_file()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _features_cli_exists(), reason="harness.features CLI (feature-store issue) not built yet")
 def test_extract_then_train_from_the_cache(tmp_path):
     root, cache = tmp_path / "data", tmp_path / "cache"
     fx = make_xlsa17(root, "cub", images=True)
