@@ -422,6 +422,7 @@ def test_missing_names_file_needs_names_for_text_vectors_but_not_for_npz(tmp_pat
     _raises(r"--word-vectors .*glove\.txt: the attribute names are needed .*attributes\.txt",
             read_dataset_files, "cub", tmp_path, word_vectors=write_glove(tmp_path / "glove.txt"))
     npz = tmp_path / "v.npz"
+    _raises(r"--word-vectors .*v\.npz: no such file", read_dataset_files, "cub", tmp_path, word_vectors=npz)
     np.savez(npz, vectors=np.ones((5, 3), np.float32), names=np.array(ATTRIBUTES["cub"]))
     files = read_dataset_files("cub", tmp_path, word_vectors=npz)
     assert files.attribute_names == ATTRIBUTES["cub"] and files.semantics.vectors.shape == (5, 3)

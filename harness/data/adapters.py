@@ -120,9 +120,13 @@ def read_semantics(files: DatasetFiles, word_vectors: str | Path) -> AttributeSe
         if path.suffix.lower() != ".npz":
             raise InputError(f"--word-vectors {path}: the attribute names are needed to find their words, but "
                              f"{files.notes.get('attribute_names_file', 'the names file')} is missing")
-        with np.load(path, allow_pickle=False) as z:
-            if "names" in z.files and len(z["names"]) == len(files.attribute_names):
-                files.attribute_names = [str(n) for n in z["names"]]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = [str(n) for n in z["names"]] if "names" in z.files else []
+        except (OSError, ValueError):
+            names = []  # read_vector_npz names the problem
+        if len(names) == len(files.attribute_names):
+            files.attribute_names = names
         vectors = read_vector_npz(path, files.attribute_names)
         return AttributeSemantics(vectors, [[] for _ in files.attribute_names],
                                   [n for n, r in zip(files.attribute_names, vectors, strict=True) if not r.any()],
