@@ -183,24 +183,27 @@ def _import_per_category(fh, path, dataset, cache_dir, dtype, progress, command)
     writer = _writer(path, dataset, "resnet101", list(shapes.pop()), count, dtype, cache_dir, command,
                      AUTHORS_PREPROCESSING, progress)
     try:
-        present = np.zeros(count, dtype=bool)
-        present[writer.present()] = True
+        # Map every block row to its item first, so a file that does not cover `imgs` writes nothing.
         covered = np.zeros(count, dtype=bool)
-        written = 0
-        total = sum(len(maps) for _, maps, _ in blocks)
-        with _bar(total, f"import {dataset}", progress) as bar:
-            for name, maps, names in blocks:
-                listed = _strings(names)
-                unknown = [n for n in listed if n not in row_of]
-                if unknown:
-                    raise InputError(f"--file {path}: {name} holds image {unknown[0]!r}, which 'imgs' does not list")
-                rows = np.array([row_of[n] for n in listed], dtype=np.int64)
-                covered[rows] = True
-                written += _copy_blocks(maps, rows, present, writer, bar, name)
+        block_rows = []
+        for name, _, names in blocks:
+            listed = _strings(names)
+            unknown = [n for n in listed if n not in row_of]
+            if unknown:
+                raise InputError(f"--file {path}: {name} holds image {unknown[0]!r}, which 'imgs' does not list")
+            rows = np.array([row_of[n] for n in listed], dtype=np.int64)
+            covered[rows] = True
+            block_rows.append(rows)
         if not covered.all():
             first = imgs[int(np.flatnonzero(~covered)[0])]
             raise InputError(f"--file {path}: {int((~covered).sum())} images of 'imgs' (e.g. {first!r}) have no "
                              f"feature map in any feature_map_* dataset")
+        present = np.zeros(count, dtype=bool)
+        present[writer.present()] = True
+        written = 0
+        with _bar(sum(len(rows) for rows in block_rows), f"import {dataset}", progress) as bar:
+            for (name, maps, _), rows in zip(blocks, block_rows, strict=True):
+                written += _copy_blocks(maps, rows, present, writer, bar, name)
         return _finish(writer, written, count)
     finally:
         writer.close()
@@ -216,7 +219,7 @@ def _read_res101(path: Path) -> np.ndarray:
     except NotImplementedError:  # v7.3: HDF5 stores MATLAB arrays transposed
         with _open_h5(path) as fh:
             features = np.asarray(fh["features"]).T if "features" in fh else None
-    except (ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - scipy raises several types for a file that is not .mat
         raise InputError(f"--file {path}: not a readable .mat file ({err})") from None
     if features is None:
         raise InputError(f"--file {path}: no 'features' array (expected xlsa17 res101.mat: features [2048 x N])")
