@@ -67,6 +67,8 @@ def _accuracy_over_shifts(
     gap: np.ndarray, best_seen: np.ndarray, best_unseen: np.ndarray, labels: np.ndarray, shifts: np.ndarray
 ) -> np.ndarray:
     """Per-class accuracy for each shift gamma (gamma subtracted from every seen score)."""
+    if len(labels) == 0:  # e.g. a standard split without test-seen images
+        return np.full(len(shifts), np.nan)
     classes, inverse = np.unique(labels, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(classes)).astype(np.float64)
     picks_seen = gap[None, :] > shifts[:, None]  # [G, N]: the seen arg-max wins
@@ -111,6 +113,8 @@ def seen_unseen_curve(
     shifts = np.concatenate([[-span], gaps, [span]])
     acc_s = _accuracy_over_shifts(gap_s, bs_s, bu_s, labels_seen, shifts)
     acc_u = _accuracy_over_shifts(gap_u, bs_u, bu_u, labels_unseen, shifts)
+    if np.isnan(acc_s).any() or np.isnan(acc_u).any():
+        return SeenUnseenCurve(shifts, acc_s, acc_u, float("nan"))
     order = np.argsort(acc_u, kind="stable")
     ausuc = float(np.trapezoid(acc_s[order], acc_u[order]))
     return SeenUnseenCurve(shifts, acc_s, acc_u, ausuc)

@@ -30,13 +30,9 @@ class UnknownDatasetError(InputError, KeyError):
 
 
 def _ensure_registered() -> None:
-    # Importing the adapter modules registers them; real-data adapters are optional extras.
+    # Importing the adapter modules registers them.
+    import harness.data.adapters  # noqa: F401
     import harness.data.synthetic_registry  # noqa: F401
-
-    try:
-        import harness.data.adapters  # noqa: F401
-    except ImportError:
-        pass
 
 
 def list_datasets() -> list[str]:
@@ -49,8 +45,14 @@ def describe(name: str) -> str:
     return _DESCRIPTIONS.get(name, "")
 
 
+# Real datasets take tens of seconds to parse (DeepFashion's attribute file); a search runs many
+# trials per worker process, so the last few loads are kept per process.
+_LOADED: dict[tuple, GZSLDataset] = {}
+_KEEP = 2
+
+
 def load_dataset(name: str, **options) -> GZSLDataset:
-    """Build the dataset `name`; options a loader does not take are ignored."""
+    """Build the dataset `name` (memoised per process); options a loader does not take are ignored."""
     _ensure_registered()
     if name not in _LOADERS:
         raise UnknownDatasetError(f"--dataset: unknown dataset {name!r}; expected one of {', '.join(list_datasets())}")
@@ -60,4 +62,9 @@ def load_dataset(name: str, **options) -> GZSLDataset:
     params = inspect.signature(fn).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         options = {k: v for k, v in options.items() if k in params}
-    return fn(**options)
+    key = (name, tuple(sorted((k, str(v)) for k, v in options.items())))
+    if key not in _LOADED:
+        while len(_LOADED) >= _KEEP:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = fn(**options)
+    return _LOADED[key]
