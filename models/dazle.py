@@ -25,6 +25,102 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _gemm_dtype(tensor: Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for the tensor's device, else the tensor's own."""
+    kind = tensor.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return tensor.dtype
+
+
+class _DenseAttentionScores(torch.autograd.Function):
+    """eq. 2-4 and the gate logits of eq. 6 for a batch, with a backward written out by hand.
+
+    Inputs: regions [F, B*R] (L2-normalised columns), V [A, D], the word-vector route flag, R,
+    then the K slab weights W_alpha, W_e[, W_beta], each [D, F]. Outputs: alpha [A, B, R] and
+    S [K-1, A, B] with S_k[a, b] = sum_r alpha_{a,b,r} v_a^T W_k f_{b,r} = v_a^T W_k h_{b,a}.
+
+    All slabs come from one product with the regions: through D, P_k = V (W_k X) (the K GEMMs
+    with X write into one buffer and the backward forms dW for all K in one GEMM); through A,
+    P = [V W_k]_k X in one GEMM. The backward writes dP in place (no per-slab zeros and stacks
+    as autograd would make) and never builds h. GEMMs run in the autocast dtype when autocast
+    is on; softmax and the sums over regions stay in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, regions: Tensor, V: Tensor, through_word_dim: bool, num_regions: int,
+                *weights: Tensor) -> tuple[Tensor, Tensor]:
+        kind = regions.device.type
+        dtype = _gemm_dtype(regions)
+        with torch.autocast(kind, enabled=False):
+            slabs, (num_attr, word_dim) = len(weights), V.shape
+            columns = regions.shape[1]
+            x, v, ws = regions.to(dtype), V.to(dtype), [w.to(dtype) for w in weights]
+            proj = x.new_empty(slabs, num_attr, columns)  # [K, A, N]
+            if through_word_dim:
+                inner = x.new_empty(slabs, word_dim, columns)  # W_k X: [K, D, N]
+                for k, w in enumerate(ws):
+                    torch.mm(w, x, out=inner[k])
+                    torch.mm(v, inner[k], out=proj[k])
+            else:
+                inner = x.new_empty(slabs, num_attr, x.shape[0])  # V W_k: [K, A, F]
+                for k, w in enumerate(ws):
+                    torch.mm(v, w, out=inner[k])
+                torch.mm(inner.view(slabs * num_attr, -1), x, out=proj.view(slabs * num_attr, columns))
+            acc = torch.promote_types(dtype, torch.float32)  # bf16 GEMMs, float32 softmax and sums
+            p = proj.view(slabs, num_attr, columns // num_regions, num_regions).to(acc)  # [K, A, B, R]
+            alpha = torch.softmax(p[0], dim=-1)  # eq. 2
+            scores = (p[1:] * alpha).sum(-1)  # [K-1, A, B]
+        ctx.through_word_dim, ctx.dtype, ctx.input_dtypes = through_word_dim, dtype, (regions.dtype, V.dtype)
+        ctx.save_for_backward(x, v, alpha, p, inner, *ws)
+        return alpha, scores
+
+    @staticmethod
+    def backward(ctx, d_alpha: Tensor | None, d_scores: Tensor | None):
+        x, v, alpha, p, inner, *ws = ctx.saved_tensors
+        slabs, (num_attr, word_dim), columns = len(ws), v.shape, x.shape[1]
+        dtype, needs = ctx.dtype, ctx.needs_input_grad
+        with torch.autocast(x.device.type, enabled=False):
+            dp = alpha.new_empty(p.shape)  # [K, A, B, R], float32
+            if d_scores is None:
+                d_scores = alpha.new_zeros(slabs - 1, *alpha.shape[:2])
+            ds = d_scores.unsqueeze(-1)  # [K-1, A, B, 1]
+            torch.mul(alpha, ds, out=dp[1:])  # dS_k/dP_k = alpha
+            d_logits = p[1] * ds[0]  # dS/dalpha = sum_k dS_k P_k
+            for k in range(2, slabs):
+                d_logits.addcmul_(p[k], ds[k - 1])
+            if d_alpha is not None:
+                d_logits += d_alpha
+            d_logits -= (alpha * d_logits).sum(-1, keepdim=True)  # softmax backward
+            torch.mul(alpha, d_logits, out=dp[0])
+            dp = dp.view(slabs, num_attr, columns).to(dtype)
+
+            d_x = d_v = None
+            if ctx.through_word_dim:
+                if needs[1]:
+                    d_v = torch.mm(dp[0], inner[0].t())
+                    for k in range(1, slabs):
+                        d_v.addmm_(dp[k], inner[k].t())
+                d_inner = torch.bmm(v.t().expand(slabs, word_dim, num_attr), dp)  # [K, D, N]
+                d_w = torch.mm(d_inner.view(slabs * word_dim, columns), x.t())  # all K at once: [K*D, F]
+                d_ws = list(d_w.view(slabs, word_dim, -1).unbind(0))
+                if needs[0]:
+                    d_x = torch.mm(torch.cat(ws).t(), d_inner.view(slabs * word_dim, columns))
+            else:
+                d_inner = torch.mm(dp.view(slabs * num_attr, columns), x.t()).view(slabs, num_attr, -1)  # [K, A, F]
+                d_ws = [torch.mm(v.t(), d_inner[k]) for k in range(slabs)]
+                if needs[1]:
+                    d_v = torch.mm(d_inner[0], ws[0].t())
+                    for k in range(1, slabs):
+                        d_v.addmm_(d_inner[k], ws[k].t())
+                if needs[0]:
+                    d_x = torch.mm(inner.view(slabs * num_attr, -1).t(), dp.view(slabs * num_attr, columns))
+        regions_dtype, param_dtype = ctx.input_dtypes
+        d_x = None if d_x is None else d_x.to(regions_dtype)
+        d_v = None if d_v is None else d_v.to(param_dtype)
+        return (d_x, d_v, None, None, *(d.to(param_dtype) for d in d_ws))
+
+
 @dataclass
 class DAZLEOutput:
     """Everything the harness may read from a forward pass."""
@@ -102,19 +198,27 @@ class DAZLE(nn.Module):
     def _project(self, regions: Tensor, weights: list[Tensor]) -> Tensor:
         """v_a^T W_k x_n for every slab k, attribute a and column n of `regions` [F, N]: [K, A, N].
 
-        The K slabs share one GEMM with the regions. Through D (A > D): the stacked [K*D, F]
-        weights meet the regions first, 2*K*D*F*N flops, then V, 2*K*A*D*N. Through A: the K
-        products V W_k once per step, 2*K*A*D*F flops, then 2*K*A*F*N with the regions.
+        Used where no attention is needed (the mean-region ablation), so N is just the batch.
         """
         slabs = len(weights)
         num_attr, word_dim = self.V.shape
-        columns = regions.shape[1]
         v = self.V.expand(slabs, num_attr, word_dim)
         if self._use_word_dim():
             projected = torch.cat(weights, dim=0) @ regions  # [K*D, N]
-            return torch.bmm(v, projected.view(slabs, word_dim, columns))  # [K, A, N]
+            return torch.bmm(v, projected.view(slabs, word_dim, -1))  # [K, A, N]
         vw = torch.bmm(v, torch.stack(weights))  # [K, A, F]
-        return (vw.view(slabs * num_attr, -1) @ regions).view(slabs, num_attr, columns)
+        return (vw.view(slabs * num_attr, -1) @ regions).view(slabs, num_attr, -1)
+
+    @staticmethod
+    def _region_columns(features: Tensor) -> Tensor:
+        """Region features L2-normalised over F and laid out [F, B*R]: every slab is one GEMM per batch."""
+        batch, dim, num_regions = features.shape
+        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
+        if features.requires_grad and torch.is_grad_enabled():
+            return (features / norms).transpose(0, 1).reshape(dim, batch * num_regions)
+        columns = features.new_empty(dim, batch, num_regions)
+        torch.div(features.transpose(0, 1), norms.transpose(0, 1), out=columns)  # normalise and transpose in one pass
+        return columns.view(dim, batch * num_regions)
 
     def forward(self, features: Tensor) -> DAZLEOutput:
         if features.dim() == 4:
@@ -127,18 +231,16 @@ class DAZLE(nn.Module):
         features = features.to(self.W_e.dtype)  # float16 caches: normalise in the parameters' precision
         batch, dim, num_regions = features.shape
         num_attr = self.V.shape[0]
-        # L2 per region, laid out [F, B*R] so that every slab is one GEMM over the whole batch.
-        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
-        regions = (features / norms).transpose(0, 1).reshape(dim, batch * num_regions)  # [F, B*R]
+        regions = self._region_columns(features)  # [F, B*R]
         gate_weights = [self.W_beta] if self.attribute_attention else []
 
         if self.dense_attention:
-            projections = self._project(regions, [self.W_alpha, self.W_e, *gate_weights])
-            logits, proj_e, *proj_beta = projections.view(-1, num_attr, batch, num_regions).unbind(0)
-            alpha = torch.softmax(logits, dim=-1)  # eq. 2, [A, B, R]
-            # eq. 3-4 folded: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r; h is never built
-            attribute_scores = (alpha * proj_e).sum(-1)  # [A, B]
-            gate_logits = (alpha * proj_beta[0]).sum(-1) if proj_beta else None
+            # eq. 2-4, 6: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r, so h is never built
+            alpha, slab_scores = _DenseAttentionScores.apply(
+                regions, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
+            )  # [A, B, R], [1 or 2, A, B]
+            attribute_scores = slab_scores[0]  # [A, B]
+            gate_logits = slab_scores[1] if self.attribute_attention else None
             attention = alpha.permute(1, 0, 2)  # [B, A, R]
         else:
             # h_a is the mean of the regions for every a: average first, then project [F, B].

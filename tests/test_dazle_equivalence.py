@@ -92,8 +92,14 @@ def test_outputs_and_gradients_equal_the_reference(contraction, shape, switches,
         assert getattr(out, name).shape == expected[name].shape, name
         assert_rel(getattr(out, name), expected[name], name)
 
-    paper_loss(model, out.scores, labels).backward()
-    paper_loss(model, expected["scores"], labels).backward()
+    # the paper's loss, plus terms on every other output so that each path of the backward is checked
+    probes = [torch.randn(expected[name].shape, generator=gen) for name in OUTPUTS[1:]]
+    for result in (out, expected):
+        values = result if isinstance(result, dict) else vars(result)
+        loss = paper_loss(model, values["scores"], labels)
+        for name, probe in zip(OUTPUTS[1:], probes, strict=True):
+            loss = loss + (values[name] * probe).sum()
+        loss.backward()
     for ours, theirs in ((model.W_alpha, ref.W_2), (model.W_e, ref.W_1), (model.W_beta, ref.W_3), (model.V, ref.V)):
         if theirs.grad is None:
             assert ours.grad is None  # fixed V, or a weight the ablation leaves out of the graph
@@ -120,6 +126,41 @@ def test_equal_at_the_real_feature_size(num_attr):
     paper_loss(model, expected["scores"], labels).backward()
     for ours, theirs in ((model.W_alpha, ref.W_2), (model.W_e, ref.W_1), (model.W_beta, ref.W_3), (model.V, ref.V)):
         assert_rel(ours.grad, theirs.grad, "gradient")
+
+
+@pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
+def test_gradient_reaches_features_as_in_the_reference(contraction):
+    """Features that require a gradient (a backbone trained end to end) get the reference's."""
+    model = make_model(*SHAPES["A>D"])
+    model.contraction = contraction
+    ref = ReferenceDAZLE.from_model(model)
+    x = torch.rand(4, 16, 9, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for module in (model, ref):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        scores = out["scores"] if isinstance(out, dict) else out.scores
+        paper_loss(model, scores, torch.tensor([0, 1, 2, 3])).backward()
+        grads.append(xi.grad)
+    assert_rel(grads[0], grads[1], "feature gradient")
+
+
+@pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
+def test_bf16_autocast_stays_close_and_keeps_float32_gradients(contraction):
+    """The GPU path's mixed precision, exercised on the CPU: bf16 GEMMs, float32 softmax and grads."""
+    model = make_model(*SHAPES["A>D"], feature_dim=64)
+    model.contraction = contraction
+    x = torch.rand(4, 64, 9, generator=torch.Generator().manual_seed(6))
+    exact = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x)
+        loss = paper_loss(model, mixed.scores.float(), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert mixed.attention.dtype == torch.float32
+    assert_rel(mixed.attention.float(), exact.attention, "attention", tol=5e-2)
+    assert_rel(mixed.scores.float(), exact.scores, "scores", tol=5e-2)
+    for p in (model.W_alpha, model.W_e, model.W_beta, model.V):
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
 def test_auto_contraction_follows_the_cheaper_side():
