@@ -1,0 +1,218 @@
+"""The compose stack, brought up for real without Docker by scripts/stack.sh: PostgreSQL from
+Debian's packages, `mlflow server` on it serving artifacts, a Ray head and a worker node on this
+machine. A small `harness.search` on `synthetic` runs against it; its runs must be in PostgreSQL
+(read back with SQLAlchemy) and nest as parent and children (read back with MlflowClient over
+HTTP); then `stack.sh down` must leave no process of the stack behind.
+
+Needs PostgreSQL's server binaries and psycopg: skipped without them, unless HARNESS_REQUIRE_STACK=1
+(scripts/ci_stack.sh sets it after installing both), where their absence fails.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK = ROOT / "scripts" / "stack.sh"
+SEARCH_TRIALS = 2
+
+
+def _missing() -> str | None:
+    if not (glob.glob("/usr/lib/postgresql/*/bin/initdb") or os.environ.get("PG_BIN") or shutil.which("initdb")):
+        return "PostgreSQL server binaries not installed (apt-get install -y --no-install-recommends postgresql)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg not installed (pip install 'psycopg[binary]')"
+    if not shutil.which("setsid"):
+        return "setsid (util-linux) not found"
+    return None
+
+
+def _read_state(folder: Path) -> dict[str, str]:
+    path = folder / "stack.env"
+    if not path.exists():
+        return {}
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def _process_table() -> list[tuple[int, int, int]]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid="], capture_output=True, text=True, check=True).stdout
+    return [tuple(int(x) for x in line.split()) for line in out.splitlines() if line.strip()]
+
+
+def stack_processes(state: dict[str, str]) -> set[int]:
+    """Every live process of the stack: the recorded PIDs, their descendants and process groups."""
+    roots = {int(state[k]) for k in ("PG_PID", "MLFLOW_PID", "RAY_HEAD_PID", "RAY_WORKER_PID") if state.get(k)}
+    table = _process_table()
+    found = {pid for pid, _, pgid in table if pid in roots or pgid in roots}
+    grew = True
+    while grew:
+        children = {pid for pid, ppid, _ in table if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.add(pid)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    missing = _missing()
+    if missing:
+        if os.environ.get("HARNESS_REQUIRE_STACK") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    folder = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "STACK_DIR": str(folder), "RAY_AUTH_MODE": "disabled",
+           "PYTHON_BIN": str(Path(sys.executable).parent)}
+    started = time.monotonic()
+    up = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True, timeout=420)
+    state = _read_state(folder)
+    seen: set[int] = stack_processes(state) if state else set()
+    try:
+        assert up.returncode == 0, f"stack.sh up failed:\n{up.stderr[-4000:]}"
+        assert state, "stack.sh up wrote no state"
+        yield {"folder": folder, "env": env, "state": state, "up_seconds": time.monotonic() - started,
+               "processes": seen}
+    finally:
+        if (folder / "stack.env").exists():  # the last test did not get to stop it
+            seen |= stack_processes(state)
+            subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True, timeout=180)
+        for pid in _alive(seen):  # never leave a process behind, even when `down` is broken
+            os.kill(pid, 9)
+
+
+@pytest.fixture(scope="module")
+def search(stack):
+    state = stack["state"]
+    work = stack["folder"] / "search-cwd"
+    work.mkdir()
+    stack["processes"] |= stack_processes(state)
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.search", "--dataset", "synthetic",
+         "--address", state["RAY_ADDRESS"], "--tracking-uri", state["MLFLOW_TRACKING_URI"],
+         "--num-samples", str(SEARCH_TRIALS), "--epochs", "1", "--final-seeds", "1", "--cpus-per-trial", "1",
+         "--experiment", "stack-test", "--storage", str(work / "search"), "--json"],
+        cwd=work, env={**stack["env"], "MLFLOW_TRACKING_URI": ""}, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"harness.search failed:\n{out.stderr[-4000:]}"
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"summary": summary, "seconds": time.monotonic() - started}
+
+
+def _get(url: str, host: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_stack_is_up(stack):
+    import sqlalchemy as sa
+    from ray._raylet import GcsClient
+
+    state = stack["state"]
+    engine = sa.create_engine(state["PG_URI"])
+    with engine.connect() as conn:
+        assert "PostgreSQL" in conn.execute(sa.text("select version()")).scalar()
+        tables = set(sa.inspect(conn).get_table_names())
+    engine.dispose()
+    assert {"experiments", "runs", "metrics", "params", "tags"} <= tables, "MLflow's schema is not in PostgreSQL"
+    nodes = GcsClient(address=state["RAY_ADDRESS"]).get_all_node_info(timeout=10)
+    assert sum(1 for n in nodes.values() if n.state == 0) == 2, "expected a head and a worker node alive"
+    # The Host headers docker-compose.yml allows: the Ray nodes' `mlflow:5000` works, a foreign one not.
+    api = state["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _get(api) == 200
+    assert _get(api, host="mlflow:5000") == 200
+    assert _get(api, host="attacker.example:5000") == 403
+
+
+def test_search_is_tracked_in_postgres(stack, search):
+    import sqlalchemy as sa
+    from mlflow.tracking import MlflowClient
+
+    state, summary = stack["state"], search["summary"]
+    client = MlflowClient(state["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("stack-test")
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=100)}
+    parent = runs[summary["parent_run_id"]]
+    assert parent.data.tags["kind"] == "search" and parent.info.status == "FINISHED"
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = [r for r in children if r.data.tags.get("kind") == "trial"]
+    finals = [r for r in children if r.data.tags.get("kind") == "final"]
+    assert len(trials) == SEARCH_TRIALS and len(finals) == 1
+    assert all(r.info.status == "FINISHED" for r in children)
+    for trial in trials:
+        assert {"lambda", "lr", "num_attributes", "model"} <= set(trial.data.params)
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_H")], "no per-epoch val_H"
+    assert "test_H" in finals[0].data.metrics
+    # Trials ran on both Ray nodes (1 CPU each, 1 CPU per trial, started together).
+    assert len({r.data.tags["ray_node"] for r in trials}) == 2, [r.data.tags.get("ray_node") for r in trials]
+
+    # The same runs, read straight from PostgreSQL: the server's store is the database.
+    engine = sa.create_engine(state["PG_URI"])
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("select r.run_uuid, r.status, r.artifact_uri from runs r join experiments e "
+                    "on r.experiment_id = e.experiment_id where e.name = 'stack-test'")).all()
+        nested = conn.execute(
+            sa.text("select count(*) from tags where key = 'mlflow.parentRunId' and value = :p"),
+            {"p": parent.info.run_id}).scalar()
+        val_h = conn.execute(
+            sa.text("select count(*) from metrics where key = 'val_H' and run_uuid = any(:ids)"),
+            {"ids": [r.info.run_id for r in trials]}).scalar()
+    engine.dispose()
+    assert {row.run_uuid for row in rows} == set(runs)
+    assert all(row.status == "FINISHED" for row in rows)
+    assert nested == len(children) and val_h >= SEARCH_TRIALS
+
+    # Artifacts went over HTTP to the server, which stored them under --artifacts-destination.
+    final = finals[0]
+    assert final.info.artifact_uri.startswith("mlflow-artifacts:")
+    names = {a.path for a in client.list_artifacts(final.info.run_id)}
+    assert "resolved_config.json" in names
+    on_disk = stack["folder"] / "artifacts" / exp.experiment_id / final.info.run_id / "artifacts"
+    assert (on_disk / "resolved_config.json").is_file()
+    print(f"\nstack up {stack['up_seconds']:.1f} s, search {search['seconds']:.1f} s")
+
+
+def test_down_stops_everything(stack):
+    state, folder = stack["state"], stack["folder"]
+    before = stack["processes"] | stack_processes(state)
+    assert _alive(before), "the stack's processes were not found"
+    started = time.monotonic()
+    down = subprocess.run(["bash", str(STACK), "down"], env=stack["env"], capture_output=True, text=True,
+                          timeout=180)
+    seconds = time.monotonic() - started
+    assert down.returncode == 0, down.stderr
+    left = _alive(before)
+    assert not left, f"stack.sh down left processes running: {sorted(left)}"
+    assert not (folder / "stack.env").exists()
+    assert not Path(state["RAY_TMP"]).exists() and not Path(state["PG_DIR"]).exists()
+    print(f"\nstack down {seconds:.1f} s")
