@@ -382,6 +382,17 @@ def test_data_and_caches_read_only_at_the_same_path():
             assert _environment(config["services"][name])["HARNESS_CACHE"] == "/cache"
 
 
+def test_ray_nodes_share_one_writable_runs_folder():
+    """Ray Tune's storage must be one place for every node: the named volume on one host, the
+    shared folder named in HARNESS_RUNS_DIR across hosts."""
+    for env, expected in (({}, "runs"), ({"HARNESS_RUNS_DIR": "/mnt/nfs/runs"}, "/mnt/nfs/runs")):
+        for config in (load(COMPOSE), merge(load(COMPOSE), load(MULTIHOST))):
+            config = interpolate(config, {**FAKE_ENV, **env})
+            for name in RAY_SERVICES:
+                assert _mounts(config["services"][name])["/runs"] == (expected, False), name
+            assert "runs" in config["volumes"]
+
+
 def test_ray_auth_mode_is_the_same_everywhere(compose, multihost):
     for config in (compose, multihost):
         modes = {_environment(config["services"][n])["RAY_AUTH_MODE"] for n in RAY_SERVICES}
