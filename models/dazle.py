@@ -214,7 +214,7 @@ class DAZLE(nn.Module):
         """Region features L2-normalised over F and laid out [F, B*R]: every slab is one GEMM per batch."""
         batch, dim, num_regions = features.shape
         norms = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
-        if features.requires_grad and torch.is_grad_enabled():
+        if (features.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
             return (features / norms).transpose(0, 1).reshape(dim, batch * num_regions)
         columns = features.new_empty(dim, batch, num_regions)
         torch.div(features.transpose(0, 1), norms.transpose(0, 1), out=columns)  # normalise and transpose in one pass
