@@ -245,13 +245,14 @@ def fit(
     report_every = max(1, math.ceil(steps / config.reports_per_epoch))
     prefix = metric_prefix(config.stage)
     history: list[dict[str, float]] = []
+    last_eval = None
 
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=epochs * steps, desc=f"{config.model} {config.dataset} [{config.stage}]",
-                   unit="step", file=sys.stderr, dynamic_ncols=True)
+                   unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     try:
         for epoch in range(1, epochs + 1):
             losses: list[float] = []
@@ -270,7 +271,8 @@ def fit(
                 if config.stage == "search" and (step % report_every == 0 or last_step):
                     if last_step:
                         method.end_epoch()
-                    metrics, curve, _ = evaluate(method, view, config)
+                    last_eval = evaluate(method, view, config)
+                    metrics = last_eval[0]
                     record = {"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": float(np.mean(losses)),
                               **metrics.as_dict(prefix)}
                     history.append(record)
@@ -288,7 +290,8 @@ def fit(
         if bar is not None:
             bar.close()
 
-    metrics, curve, scores = evaluate(method, view, config)
+    # The search stage's last report already evaluated the final model; the final stage evaluates here, once.
+    metrics, curve, scores = last_eval if last_eval is not None else evaluate(method, view, config)
     final = {**metrics.as_dict(prefix), "loss": history[-1]["loss"] if history else float("nan")}
     extras: dict = {"scores": scores}
     shift = stacking_shift(curve)
