@@ -28,11 +28,13 @@ die() { echo "stack.sh: $*" >&2; exit 2; }
 log() { echo "stack.sh: $*" >&2; }
 
 find_pg_bin() {
-  if [ -n "${PG_BIN:-}" ]; then echo "$PG_BIN"; return; fi
-  local d
-  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
-  if [ -z "$d" ] && command -v pg_ctl >/dev/null; then d="$(dirname "$(readlink -f "$(command -v pg_ctl)")")"; fi
-  [ -n "$d" ] && [ -x "$d/initdb" ] || die "PostgreSQL not found (no /usr/lib/postgresql/*/bin/initdb): apt-get install -y --no-install-recommends postgresql, or set PG_BIN"
+  local d="${PG_BIN:-}"
+  if [ -z "$d" ]; then
+    d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -z "$d" ] && command -v pg_ctl >/dev/null; then d="$(dirname "$(readlink -f "$(command -v pg_ctl)")")"; fi
+  fi
+  [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] \
+    || die "PostgreSQL not found (${PG_BIN:+PG_BIN=$PG_BIN holds no initdb/pg_ctl; }expected /usr/lib/postgresql/*/bin): apt-get install -y --no-install-recommends postgresql, or set PG_BIN"
   echo "$d"
 }
 
@@ -63,7 +65,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION PID COMMAND...: until COMMAND succe
   local limit="$1" what="$2" pid="$3"; shift 3
   local t0=$SECONDS
   until "$@" >/dev/null 2>&1; do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$STACK_DIR"/*.log >&2 || true; die "$what exited before it was ready"; }
+    running "$pid" || { tail -n 20 "$STACK_DIR"/*.log >&2 || true; die "$what exited before it was ready"; }
     (( SECONDS - t0 < limit )) || { tail -n 20 "$STACK_DIR"/*.log >&2 || true; die "$what not ready after ${limit} s"; }
     sleep 0.5
   done
@@ -180,31 +182,38 @@ env_exports() {
     echo "export RAY_ADDRESS=${RAY_ADDRESS:-} MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-} RAY_AUTH_MODE=$RAY_AUTH_MODE" )
 }
 
-descendants() {  # the PIDs of a process tree, the root first
+tree() {  # the PIDs of a process tree, the root first, plus the rest of its process group
   local pid="$1" child
   echo "$pid"
-  for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do descendants "$child"; done
+  for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do tree "$child"; done
+  ps -eo pid=,pgid= | awk -v g="$pid" '$2 == g && $1 != g { print $1 }'
+}
+
+running() {  # alive and not a zombie (a zombie answers kill -0 until its parent reaps it)
+  local state
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
 }
 
 stop_tree() {  # SIGTERM a process tree's root, then the rest, SIGKILL whatever outlives the grace period
   local name="$1" pid="$2" grace="${3:-20}" pids
-  kill -0 "$pid" 2>/dev/null || return 0
+  running "$pid" || return 0
   # Collect the tree first: once the root is gone its children are re-parented and lost to us.
-  pids="$(descendants "$pid" | tr '\n' ' ')"
+  pids="$(tree "$pid" | sort -un | tr '\n' ' ')"
   log "stopping $name (PIDs $pids)"
   # The root first: `ray start --block` and `mlflow server` stop their own children in order.
   kill -TERM "$pid" 2>/dev/null || true
   local t0=$SECONDS p alive termed=""
   while :; do
     alive=""
-    for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+    for p in $pids; do running "$p" && alive="$alive $p"; done
     [ -n "$alive" ] || { log "$name stopped in $(( SECONDS - t0 )) s"; return 0; }
     if (( SECONDS - t0 >= grace )); then
       log "$name: SIGKILL to$alive after ${grace} s"
       kill -KILL $alive 2>/dev/null || true
       return 0
     fi
-    if [ -z "$termed" ] && { ! kill -0 "$pid" 2>/dev/null || (( SECONDS - t0 >= grace / 2 )); }; then
+    if [ -z "$termed" ] && { ! running "$pid" || (( SECONDS - t0 >= grace / 2 )); }; then
       kill -TERM $alive 2>/dev/null || true  # children the root left behind
       termed=1
     fi
@@ -222,7 +231,7 @@ down() {
   [ -z "$RAY_HEAD_PID" ] || stop_tree ray-head "$RAY_HEAD_PID" &
   [ -z "$MLFLOW_PID" ] || stop_tree mlflow "$MLFLOW_PID" &
   wait
-  if [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; then
+  if [ -n "$PG_PID" ] && running "$PG_PID"; then
     log "stopping PostgreSQL (PID $PG_PID)"
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop >/dev/null 2>&1 || stop_tree postgres "$PG_PID" 5
   fi

@@ -68,14 +68,23 @@ def stack_processes(state: dict[str, str]) -> set[int]:
 
 
 def _alive(pids: set[int]) -> set[int]:
+    """The PIDs still running; a zombie (exited, not yet reaped by its parent) counts as stopped."""
     alive = set()
     for pid in pids:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
             continue
-        alive.add(pid)
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            alive.add(pid)
     return alive
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+    except OSError:
+        return "(gone)"
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +98,15 @@ def stack(tmp_path_factory):
     env = {**os.environ, "STACK_DIR": str(folder), "RAY_AUTH_MODE": "disabled",
            "PYTHON_BIN": str(Path(sys.executable).parent)}
     started = time.monotonic()
-    up = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True, timeout=420)
+    try:
+        up = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True, timeout=420)
+        failure = None if up.returncode == 0 else up.stderr[-4000:]
+    except subprocess.TimeoutExpired as err:
+        failure = f"timed out after {err.timeout} s: {str(err.stderr or '')[-4000:]}"
     state = _read_state(folder)
     seen: set[int] = stack_processes(state) if state else set()
     try:
-        assert up.returncode == 0, f"stack.sh up failed:\n{up.stderr[-4000:]}"
+        assert failure is None, f"stack.sh up failed:\n{failure}"
         assert state, "stack.sh up wrote no state"
         yield {"folder": folder, "env": env, "state": state, "up_seconds": time.monotonic() - started,
                "processes": seen}
@@ -102,7 +115,10 @@ def stack(tmp_path_factory):
             seen |= stack_processes(state)
             subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True, timeout=180)
         for pid in _alive(seen):  # never leave a process behind, even when `down` is broken
-            os.kill(pid, 9)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +227,20 @@ def test_down_stops_everything(stack):
                           timeout=180)
     seconds = time.monotonic() - started
     assert down.returncode == 0, down.stderr
-    left = _alive(before)
-    assert not left, f"stack.sh down left processes running: {sorted(left)}"
+    left = {pid: _cmdline(pid) for pid in _alive(before)}
+    assert not left, f"stack.sh down left processes running: {left}"
     assert not (folder / "stack.env").exists()
     assert not Path(state["RAY_TMP"]).exists() and not Path(state["PG_DIR"]).exists()
     print(f"\nstack down {seconds:.1f} s")
+
+
+def test_stack_sh_refuses_bad_input_cleanly(tmp_path):
+    """Missing PostgreSQL: one line naming it, exit 2, nothing written; `down` without a stack is a no-op."""
+    env = {**os.environ, "STACK_DIR": str(tmp_path / "s"), "PG_BIN": str(tmp_path / "no-such-bin")}
+    out = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "PostgreSQL not found" in out.stderr and "PG_BIN" in out.stderr
+    assert not (tmp_path / "s").exists()
+    down = subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and "nothing to stop" in down.stderr
+    usage = subprocess.run(["bash", str(STACK), "restart"], env=env, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage" in usage.stderr
