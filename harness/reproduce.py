@@ -32,7 +32,7 @@ from harness.reproduce_tuned import TunedConfig, apply_tuned, load_tuned, pick
 # How to build each real dataset's feature cache, and the synthetic stand-in to try instead.
 PREPARE = {
     "cub": "python -m harness.features extract --dataset cub --data-root DIR",
-    "cub-ss": "python -m harness.features extract --dataset cub-ss --data-root DIR",
+    "cub-ss": "python -m harness.features extract --dataset cub --data-root DIR",  # cub-ss reads cub's cache
     "sun": "python -m harness.features extract --dataset sun --data-root DIR",
     "awa2": "python -m harness.features extract --dataset awa2 --data-root DIR",
     "deepfashion": "python -m harness.features extract --dataset deepfashion --data-root DIR",

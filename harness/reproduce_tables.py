@@ -284,11 +284,11 @@ def render_claims(checks: list[ClaimCheck], dataset: str, seeds: int) -> str:
         lines.append(f"- {check.text}: {check.verdict.upper()}")
         for p in check.pairs:
             if not p.diffs:
-                lines.append(f"    row {p.better} vs row {p.worse}, {p.metric}: n/a (a run failed)")
+                lines.append(f"  - row {p.better} vs row {p.worse}, {p.metric}: n/a (a run failed)")
                 continue
             stat = Stat(dict(p.diffs))
             spread = f" ± {stat.std:.1f}" if stat.n > 1 else ""
-            lines.append(f"    row {p.better} vs row {p.worse}, {p.metric}: {stat.mean:+.1f}{spread} points "
+            lines.append(f"  - row {p.better} vs row {p.worse}, {p.metric}: {stat.mean:+.1f}{spread} points "
                          f"({p.holds}/{len(p.diffs)} seeds > 0) -> {p.verdict}")
     return "\n".join(lines) + "\n"
 

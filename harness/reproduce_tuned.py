@@ -2,12 +2,15 @@
 paper's (`--tuned SOURCE`).
 
 SOURCE may be
-- a JSON file, or a search's storage folder holding one (`best_config.json`, `summary.json`, ...):
-  a flat dict of TrainConfig fields, or one under "best_config" / "config", or a list of them,
-  or a dict of such keyed by model;
-- an MLflow run id (or `runs:/<id>`) of a search's parent run: its `best_config.json` artifact, or
-  its `best.*` / `best_*` params, or else the params of its child runs of stage "final" (the
-  retrain of the best configuration on trainval, whose params are TrainConfig.as_params()).
+- a search's storage folder (`python -m harness.search --storage DIR`): its `search.json`
+  manifest, whose `models.<model>.summary` holds `dataset`, `model` and `best_config` once the
+  model's search is done;
+- a JSON file (or a folder holding `best_config.json` / `summary.json`): harness.search's
+  `summary.json`, a flat dict of TrainConfig fields, one under "best_config" / "config", a list
+  of them, or a dict of such keyed by model;
+- an MLflow run id (or `runs:/<id>`) of a search's parent run: its `tables/summary.json` (or
+  `best_config.json`) artifact, else its `best.*` / `best_*` params, else the params of its child
+  runs of stage "final" (the retrain of the best configuration, params = TrainConfig.as_params()).
 Only the hyperparameters a method declares (harness.methods.method_hyperparameters), plus epochs
 and batch size, are carried over: the ablation switches stay those of the table's row.
 """
@@ -27,8 +30,9 @@ from harness.methods import method_hyperparameters
 
 SWITCHES = ("dense_attention", "attribute_attention", "self_calibration", "trainable_semantics")
 CARRIED = ("epochs", "batch_size")
-CANDIDATE_FILES = ("best_config.json", "best_configs.json", "best.json", "summary.json", "result.json",
-                   "results.json", "search_summary.json")
+SEARCH_MANIFEST = "search.json"  # harness.search_state.MANIFEST
+CANDIDATE_FILES = ("best_config.json", "best_configs.json", "best.json", "summary.json")
+RUN_ARTIFACTS = ("tables/summary.json", "summary.json", "best_config.json", "best_configs.json")
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 
 
@@ -123,13 +127,39 @@ def _read_json(path: Path) -> list[TunedConfig]:
     return parse_json(data, str(path))
 
 
+def parse_manifest(data: object, where: str) -> list[TunedConfig]:
+    """harness.search's search.json: the best configuration of every model whose search is done."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise InputError(f"--tuned {where}: not a search manifest (no 'models' object)")
+    default_dataset = (data.get("settings") or {}).get("dataset")
+    found = []
+    for model, entry in data["models"].items():
+        summary = (entry or {}).get("summary") or {}
+        if isinstance(summary.get("best_config"), dict):
+            values = {"model": summary.get("model", model), "dataset": summary.get("dataset", default_dataset),
+                      **summary["best_config"]}
+            found.append(_from_dict(values, f"{where} [{model}]"))
+    if not found:
+        stages = {m: (e or {}).get("stage") for m, e in data["models"].items()}
+        raise InputError(f"--tuned {where}: no model of this search is done yet (stages {stages}); "
+                         "resume it with python -m harness.search --resume --storage DIR")
+    return found
+
+
 def _from_folder(folder: Path) -> list[TunedConfig]:
+    manifest = folder / SEARCH_MANIFEST
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"--tuned {manifest}: not readable JSON ({err})") from err
+        return parse_manifest(data, str(manifest))
     for name in CANDIDATE_FILES:
-        hits = [folder / name] if (folder / name).is_file() else sorted(folder.glob(f"*/{name}"))
+        hits = [folder / name] if (folder / name).is_file() else sorted(folder.glob(f"**/{name}"))
         if hits:
             return [c for hit in hits for c in _read_json(hit)]
-    raise InputError(f"--tuned {folder}: no {' / '.join(CANDIDATE_FILES[:2])} (or summary.json) in this folder "
-                     "or its subfolders; pass the search's storage folder or its MLflow parent run id")
+    raise InputError(f"--tuned {folder}: no {SEARCH_MANIFEST}, best_config.json or summary.json here; pass the "
+                     "search's storage folder or its MLflow parent run id")
 
 
 def _from_run(run_id: str, tracking_uri: str) -> list[TunedConfig]:
@@ -142,11 +172,15 @@ def _from_run(run_id: str, tracking_uri: str) -> list[TunedConfig]:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise InputError(f"--tuned {run_id}: no such MLflow run in {tracking_uri}") from err
+    names: set[str] = set()
     try:
-        names = {a.path for a in client.list_artifacts(run_id)}
+        for item in client.list_artifacts(run_id):
+            names.add(item.path)
+            if item.is_dir:
+                names.update(a.path for a in client.list_artifacts(run_id, item.path))
     except (MlflowException, OSError):
-        names = set()
-    for name in ("best_config.json", "best_configs.json"):
+        pass
+    for name in RUN_ARTIFACTS:
         if name in names:
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(run_id, name, tmp)
@@ -176,6 +210,8 @@ def _from_run(run_id: str, tracking_uri: str) -> list[TunedConfig]:
 
 def load_tuned(source: str, tracking_uri: str) -> list[TunedConfig]:
     path = Path(source)
+    if path.is_file() and path.name == SEARCH_MANIFEST:
+        return _from_folder(path.parent)
     if path.is_file():
         return _read_json(path)
     if path.is_dir():

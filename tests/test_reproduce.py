@@ -145,6 +145,19 @@ def test_tuned_json_layouts_and_what_is_carried(tmp_path):
     path.mkdir()
     (path / "best_config.json").write_text(json.dumps({"model": "eszsl", "eszsl_gamma": 10.0}))
     assert load_tuned(str(path), "sqlite:///unused.db")[0].values["eszsl_gamma"] == 10.0
+    manifest = tmp_path / "storage"
+    manifest.mkdir()
+    (manifest / "search.json").write_text(json.dumps({  # what harness.search writes (search_state.py)
+        "version": 1, "settings": {"dataset": "synthetic"}, "models": {
+            "dazle": {"stage": "done", "summary": {"dataset": "synthetic", "model": "dazle",
+                                                   "best_config": {"lam": 0.2, "num_attributes": 30, "lr": 5e-4}}},
+            "devise": {"stage": "searching"}}}))
+    (found,) = load_tuned(str(manifest), "sqlite:///unused.db")
+    assert (found.model, found.dataset, found.values["lam"], found.values["num_attributes"]) == (
+        "dazle", "synthetic", 0.2, 30)
+    (manifest / "search.json").write_text(json.dumps({"version": 1, "models": {"dazle": {"stage": "searching"}}}))
+    with pytest.raises(InputError, match="no model of this search is done"):
+        load_tuned(str(manifest / "search.json"), "sqlite:///unused.db")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="bad.json"):
         load_tuned(str(tmp_path / "bad.json"), "sqlite:///unused.db")
@@ -170,6 +183,13 @@ def test_tuned_from_a_search_parent_run_in_mlflow(tmp_path):
     assert len(found) == 1
     assert (found[0].model, found[0].dataset) == ("dazle", "synthetic")
     assert (found[0].values["lam"], found[0].values["lr"], found[0].values["num_attributes"]) == (0.4, 3e-4, 20)
+    # a finished search's parent run also carries tables/summary.json, which wins over the children
+    other = tracking.start_run(uri, exp, "search-2")
+    tracking.log_text(other, json.dumps({"dataset": "synthetic", "model": "dazle", "best_config": {"lam": 0.05},
+                                         "paper_config": {"lam": 0.1}}), "summary.json", "tables")
+    tracking.end_run(other)
+    (from_summary,) = load_tuned(f"runs:/{other.run_id}", uri)
+    assert from_summary.values["lam"] == 0.05 and from_summary.dataset == "synthetic"
     with pytest.raises(InputError, match="no such MLflow run"):
         load_tuned("0" * 32, uri)
 
