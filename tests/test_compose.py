@@ -192,7 +192,7 @@ def test_services_are_the_stack(compose):
     for name in HARNESS_IMAGE_SERVICES:
         service = compose["services"][name]
         assert service["image"].startswith("gzsl-harness:")
-        assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
+        assert (service["build"]["context"], service["build"]["dockerfile"]) == (".", "docker/Dockerfile")
 
 
 @pytest.mark.parametrize("name", ["postgres", "mlflow", "ray-head", "ray-worker"])
