@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import ESZSL, DeViSE, eszsl_closed_form, eszsl_objective, hinge_rank_loss, holistic_features
+from baselines.devise import DeViSE, hinge_rank_loss
+from baselines.eszsl import ESZSL, eszsl_closed_form, eszsl_objective, holistic_features
 from harness.config import TrainConfig
 from harness.methods import list_methods, method_hyperparameters
 from harness.train import SequentialPass, fit, predict_scores
