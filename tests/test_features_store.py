@@ -260,3 +260,21 @@ def test_reader_survives_pickling(tmp_path):
     reader = open_store(build(tmp_path, values), expect={"count": 4})
     clone = pickle.loads(pickle.dumps(reader))
     np.testing.assert_array_equal(clone.read(np.arange(4)), reader.read(np.arange(4)))
+
+
+def _rss_file() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_reading_the_whole_cache_does_not_keep_it_mapped(tmp_path):
+    values = maps(200, shape=(512, 7, 7))  # 50 KB an item in float16, 10 MB in all
+    reader = open_store(build(tmp_path, values, batch=50))
+    assert reader._ranges, "the data file's mapping was not found"
+    before = _rss_file()
+    for _ in range(3):
+        for start in range(0, 200, 20):
+            reader.read(np.arange(start, start + 20))
+    reader.release_pages()
+    assert _rss_file() - before < 4 << 20  # 30 MB were read
