@@ -321,15 +321,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["search", "final"], default=d.stage,
                    help="final: trainval -> test (default); search: train classes -> validation classes")
     p.add_argument("--variant", default="full", help=f"DAZLE ablation: {', '.join(VARIANTS)}")
-    p.add_argument("--lambda", dest="lam", type=float, default=d.lam)
+    # Hyperparameters default to None here: unset ones come from the model's search-space defaults.
+    p.add_argument("--lambda", dest="lam", type=float, default=None, help=f"DAZLE lambda (default {d.lam})")
     p.add_argument("--num-attributes", type=int, default=None, help="k lowest-entropy attributes (default all)")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=None, help="default: the model's (DAZLE 1e-4)")
     p.add_argument("--epochs", type=int, default=None, help="default: the dataset's (paper) setting")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eszsl-gamma", type=float, default=d.eszsl_gamma)
-    p.add_argument("--eszsl-lambda", type=float, default=d.eszsl_lambda)
-    p.add_argument("--margin", type=float, default=d.margin, help="DeViSE hinge margin")
+    p.add_argument("--eszsl-gamma", type=float, default=None)
+    p.add_argument("--eszsl-lambda", type=float, default=None)
+    p.add_argument("--margin", type=float, default=None, help="DeViSE hinge margin")
     p.add_argument("--calibrated-stacking", action="store_true",
                    help="also report GZSL with a seen-score shift chosen on validation classes")
     p.add_argument("--device", default=d.device)
@@ -341,11 +342,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+HYPERPARAMETER_OPTIONS = ("lr", "lam", "num_attributes", "eszsl_gamma", "eszsl_lambda", "margin")
+
+
+def model_defaults(model: str) -> dict[str, object]:
+    """The model's paper/search-space defaults (e.g. DeViSE's own lr), as TrainConfig fields."""
+    from search_spaces import load_space
+
+    try:
+        defaults = dict(load_space(model).DEFAULTS)
+    except KeyError:
+        return {}
+    return {k: (None if v == "all" else v) for k, v in defaults.items()}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    hyper = model_defaults(args.model)
+    hyper.update({k: getattr(args, k) for k in HYPERPARAMETER_OPTIONS if getattr(args, k) is not None})
     config = TrainConfig(
         dataset=args.dataset, model=args.model, stage=args.stage, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, lam=args.lam, num_attributes=args.num_attributes,
-        eszsl_gamma=args.eszsl_gamma, eszsl_lambda=args.eszsl_lambda, margin=args.margin,
+        batch_size=args.batch_size, **hyper,
         calibrated_stacking=args.calibrated_stacking, device=args.device, num_threads=args.num_threads,
         data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors,
     )

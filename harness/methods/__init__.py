@@ -34,6 +34,8 @@ class MethodSpec:
 class ZSLMethod(Protocol):
     module: nn.Module  # parameters and buffers: what a checkpoint saves
     default_epochs: int | None  # None: the dataset's default; closed forms need 1
+    # Optional attribute `sampling`: "class_balanced" (default, the authors' batches) or
+    # "sequential" (every fit image once per epoch, in order: closed forms accumulate sums).
 
     def train_step(self, features: Tensor, labels: Tensor) -> dict[str, float]:
         """One optimisation step on a batch [B, F, R]; returns at least {'loss': ...}."""
@@ -67,14 +69,12 @@ def register_method(name: str, hyperparameters: tuple[str, ...]) -> Callable[[Bu
 
 
 def _ensure_registered() -> None:
-    import harness.methods.dazle  # noqa: F401
+    """Import every module of this package: each registers its method (one file per method)."""
+    import importlib
+    import pkgutil
 
-    for optional in ("harness.methods.eszsl", "harness.methods.devise"):
-        try:
-            __import__(optional)
-        except ModuleNotFoundError as err:
-            if err.name != optional:
-                raise
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def list_methods() -> list[str]:
