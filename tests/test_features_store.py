@@ -94,6 +94,8 @@ def test_reader_refuses_other_settings_naming_each_field(tmp_path):
     assert "weights is 'none' (asked for 'imagenet')" in message
     assert "dtype is 'float16' (asked for 'float32')" in message
     assert "backbone is" not in message  # fields that match are not named
+    assert message.endswith("build the cache you asked for with: python -m harness.features extract --dataset toy "
+                            "--data-root DIR --weights imagenet --dtype float32")
     with pytest.raises(CacheMismatchError, match="count is 3 .asked for 4."):
         open_store(folder, expect={"count": 4})
     assert len(open_store(folder, expect={"count": 3, "dataset": "toy"})) == 3

@@ -390,6 +390,22 @@ def _rebuild_command(meta: dict, shard: tuple[int, int] | None = None) -> str:
     return command
 
 
+def _command_for(settings: dict) -> str:
+    """The command that builds a cache with these settings (a hint for mismatch messages)."""
+    dataset, weights = settings.get("dataset"), str(settings.get("weights", "imagenet"))
+    if weights.startswith("imported:"):
+        sub = "import-res101" if settings.get("backbone") == "resnet101-holistic" else "import-hdf5"
+        command = f"python -m harness.features {sub} --dataset {dataset} --file FILE"
+    else:
+        arg = "FILE" if weights.startswith("file:") else weights
+        command = f"python -m harness.features extract --dataset {dataset} --data-root DIR --weights {arg}"
+        if settings.get("image_size", 224) != 224:
+            command += f" --image-size {settings['image_size']}"
+    if settings.get("dtype", "float16") != "float16":
+        command += f" --dtype {settings['dtype']}"
+    return command
+
+
 class FeatureStoreReader:
     """Read-only view of a cache folder (all its shard environments as one FeatureSource)."""
 
@@ -448,7 +464,7 @@ class FeatureStoreReader:
         if diff:
             raise CacheMismatchError(
                 f"{self.folder} was built with other settings: {'; '.join(diff)}; build the cache you asked "
-                f"for (python -m harness.features extract ... / import-hdf5 ...) or point --cache-dir elsewhere"
+                f"for with: {_command_for({**self.metadata, **self._expect})}"
             )
         shape = self.metadata["shape"]
         self.shape = tuple(shape)
