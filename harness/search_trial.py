@@ -60,12 +60,10 @@ _DATASETS: dict[tuple, tuple[GZSLDataset, np.ndarray]] = {}
 
 def node_name() -> str:
     """Host name plus Ray node id (two Ray nodes can share a host)."""
-    try:
-        import ray
+    import ray
 
-        node = ray.get_runtime_context().get_node_id()[:12]
-    except Exception:  # outside Ray
-        node = "local"
+    # ray.get_runtime_context() would start a local Ray instance when none is connected.
+    node = ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "no-ray"
     return f"{socket.gethostname()}/{node}"
 
 
@@ -122,12 +120,27 @@ def trial_dataset(config: TrainConfig) -> tuple[GZSLDataset, np.ndarray]:
 # ---------------------------------------------------------------- MLflow child run
 
 
-def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str]) -> tracking.RunRef:
+def find_trial_run(ctx: TrialContext, trial_id: str):
+    """The MLflow run of this Ray trial, if an earlier attempt created one."""
+    existing = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, {"ray_trial_id": trial_id})
+    return min(existing, key=lambda r: r.info.start_time) if existing else None
+
+
+def finished_before(run) -> bool:
+    """A run that ended for good: completed (or stopped early), or diverged (never retried)."""
+    if run is None:
+        return False
+    return run.info.status == "FINISHED" or (
+        run.info.status == "FAILED" and run.data.tags.get("failure_reason") == "diverged"
+    )
+
+
+def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str],
+                   run=None) -> tracking.RunRef:
     """This trial's child run: reopened when it exists (retry or resume), created otherwise."""
     parent = tracking.RunRef(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
-    existing = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, {"ray_trial_id": trial_id})
-    if existing:
-        run = sorted(existing, key=lambda r: r.info.start_time)[0]
+    run = run if run is not None else find_trial_run(ctx, trial_id)
+    if run is not None:
         ref = tracking.RunRef(ctx.tracking_uri, ctx.experiment_id, run.info.run_id)
         attempts = int(run.data.tags.get("attempts", "1")) + 1
         tracking.reopen_run(ref)
@@ -137,6 +150,27 @@ def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: 
         ctx.tracking_uri, ctx.experiment_id, f"{config.model}-{trial_id}", params=config.as_params(),
         tags={**tags, "attempts": "1"}, parent=parent,
     )
+
+
+def replay_finished(run, done_iterations: int, tracking_uri: str) -> None:
+    """Report again what a trial that had ended logged after its last checkpoint, without training.
+
+    Ray's experiment snapshot can lag the trials: a trial that finished just before the driver
+    was killed comes back as unfinished. Its MLflow run holds every report, so the restored
+    trial hands Tune the missing ones and ends; it is neither re-run nor logged twice.
+    """
+    from ray import tune
+
+    client = tracking.RunRef(tracking_uri, run.info.experiment_id, run.info.run_id).client
+    histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
+                 for k in (*REPORTED_METRICS, "epoch")}
+    steps = sorted(histories["val_H"])
+    for step in steps[done_iterations:]:
+        tune.report({**{k: h[step] for k, h in histories.items() if step in h}, "diverged": 0.0})
+    if run.data.tags.get("failure_reason") == "diverged":
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+                     "diverged_step": float(run.data.tags.get("diverged_step", 0)),
+                     "error": run.data.tags.get("error", "diverged")})
 
 
 def _read_state(checkpoint) -> dict[str, Any]:
@@ -163,16 +197,20 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         "node": socket.gethostname(), "ray_node": node_name(), "git_commit": ctx.git_commit,
         "search": ctx.search_name, "paper_config": str(same_point(params, ctx.paper_point)).lower(),
     }
+    previous = find_trial_run(ctx, trial_id)
+    if finished_before(previous):  # restored by a resumed search, but it had ended: do not re-run it
+        replay_finished(previous, done_iterations, ctx.tracking_uri)
+        return
     try:
         dataset, forbidden = trial_dataset(config)
     except FeatureCacheError as err:
         # Record the failure in MLflow too, then let Ray retry it (another node may work).
-        ref = open_trial_run(ctx, trial_id, config, tags)
+        ref = open_trial_run(ctx, trial_id, config, tags, previous)
         tracking.set_tags(ref, {"error": str(err)[:5000], "failure_reason": "feature cache unreadable"})
         tracking.end_run(ref, "FAILED")
         raise
     tags["feature_cache_id"] = dataset.feature_cache_id
-    ref = open_trial_run(ctx, trial_id, config, tags)
+    ref = open_trial_run(ctx, trial_id, config, tags, previous)
     step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
     logged_up_to = tracking.max_metric_step(ref, "val_H") if done_iterations else None
     iteration = 0

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +108,20 @@ class ProgressCallback(tune.Callback):
             self._bar = None
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a traceback (the exception and its message), ANSI codes removed."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
 def trial_error(trial) -> str:
     """The last line of a failed trial's error file (the exception and its message)."""
     path = getattr(trial, "error_file", None)
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+        text = Path(path).read_text() if path else ""
     except OSError:
-        lines = []
-    return lines[-1].strip() if lines else "unknown error"
+        text = ""
+    return last_line(text) or "unknown error"
 
 
 def grace_period(max_t: int) -> int:
@@ -138,6 +145,7 @@ class TunePlan:
     max_t: int  # reports per trial at full length (epochs * reports_per_epoch)
     max_failures: int = 2
     reduction_factor: int = 3
+    early_stopping: bool = True  # False: every trial runs max_t reports (fixed work, for benchmarks)
 
     @property
     def grace_period(self) -> int:
@@ -175,7 +183,7 @@ def build_tuner(plan: TunePlan) -> tune.Tuner:
         plan.space.defaults, time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=plan.max_t,
         grace_period=plan.grace_period, reduction_factor=plan.reduction_factor,
         stop_last_trials=False,  # a trial that reaches max_t ends by itself, with its final metrics
-    )
+    ) if plan.early_stopping else None
     ctx = plan.context
     run_config = tune.RunConfig(
         name=plan.name, storage_path=str(plan.storage),
@@ -228,7 +236,7 @@ def collect(results, plan: TunePlan) -> list[TrialRecord]:
         iterations = int(metrics.get("training_iteration", 0) or 0)
         trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
         if result.error is not None:
-            status, error = "failed", f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300]
+            status, error = "failed", last_line(str(result.error)) or type(result.error).__name__
         elif metrics.get("diverged"):
             status, error = "diverged", str(metrics.get("error", ""))
         else:

@@ -1,0 +1,59 @@
+"""Bad input to `python -m harness.search`: one line, exit 2, before Ray starts, nothing written."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from harness.search import run
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+def _fails(argv, capsys, match):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("harness.search: error: "), err
+    assert match in err[0], err[0]
+    return err[0]
+
+
+def test_unreachable_address_is_exit_2_before_anything_starts(workdir, capsys):
+    port = _closed_port()
+    _fails(["--dataset", "synthetic", "--address", f"127.0.0.1:{port}", "--storage", "s"], capsys,
+           f"--address 127.0.0.1:{port}: Ray cluster unreachable")
+    assert not (workdir / "s").exists() and not (workdir / "mlflow.db").exists()
+    _fails(["--dataset", "synthetic", "--address", "no-port-here"], capsys, "expected HOST:PORT")
+
+
+def test_unreachable_tracking_server_is_exit_2(workdir, capsys):
+    port = _closed_port()
+    _fails(["--dataset", "synthetic", "--tracking-uri", f"http://127.0.0.1:{port}", "--storage", "s"], capsys,
+           "MLflow server unreachable")
+    assert not (workdir / "s").exists()
+
+
+def test_bad_options_and_storage(workdir, capsys):
+    _fails(["--dataset", "synthetic", "--num-samples", "0"], capsys, "--num-samples")
+    _fails(["--dataset", "synthetic", "--gpus-per-trial", "-1"], capsys, "--gpus-per-trial")
+    _fails(["--dataset", "synthetic", "--resume", "--storage", str(workdir / "nothing")], capsys, "no search.json")
+    _fails(["--dataset", "synthetic", "--resume"], capsys, "--resume: no search of 'synthetic'")
+    (workdir / "taken").mkdir()
+    (workdir / "taken" / "search.json").write_text("{}")
+    _fails(["--dataset", "synthetic", "--storage", "taken"], capsys, "already holds a search")
+    _fails(["--dataset", "no-such-dataset", "--storage", "x"], capsys, "--dataset")
+    _fails(["--dataset", "synthetic", "--model", "no-such-model", "--storage", "x"], capsys, "--model")
+    assert not (workdir / "x").exists()
