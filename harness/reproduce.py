@@ -28,6 +28,7 @@ from harness.data.registry import UnknownDatasetError, list_datasets, load_datas
 from harness.errors import InputError, run_cli
 from harness.reproduce_runner import ClusterOptions, GridTracker, Outcome, run_grid
 from harness.reproduce_tuned import TunedConfig, apply_tuned, load_tuned, pick
+from harness.search_cluster import check_address
 
 # How to build each real dataset's feature cache, and the synthetic stand-in to try instead.
 PREPARE = {
@@ -296,6 +297,8 @@ def main(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_tracking(uri)
     tuned = [c for source in args.tuned for c in load_tuned(source, uri)]
+    if args.address:  # a plain TCP check first: an unreachable cluster is one line, not a hanging ray.init
+        check_address(args.address)
     common = {"epochs": args.epochs, "data_root": args.data_root, "cache_dir": args.cache_dir,
               "word_vectors": args.word_vectors}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)

@@ -101,6 +101,8 @@ def test_table_specs_use_the_papers_settings():
     (["fig4", "--dataset", "synthetic", "--k-grid", "0,500"], "--k-grid"),
     (["fig4", "--dataset", "synthetic", "--lambda-grid", "a,b"], "--lambda-grid"),
     (["table2", "--dataset", "cub=synthetic", "--tuned", "/no/such/file"], "--tuned"),
+    (["table4", "--dataset", "synthetic", "--address", "127.0.0.1:1"], "--address"),
+    (["table4", "--dataset", "synthetic,synthetic"], "one dataset"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tmp_path, capsys):
     db = tmp_path / "mlflow.db"
