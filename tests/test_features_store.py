@@ -280,3 +280,28 @@ def test_reading_the_whole_cache_does_not_keep_it_mapped(tmp_path):
             reader.read(np.arange(start, start + 20))
     reader.release_pages()
     assert _rss_file() - before < 4 << 20  # 30 MB were read
+
+
+def _read_in_child(reader, queue) -> None:
+    try:
+        queue.put(reader.read(np.arange(4)))
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        queue.put(repr(err))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method")
+def test_a_forked_child_reads_the_parents_reader(tmp_path):
+    import multiprocessing as mp
+
+    values = maps(4)
+    reader = open_store(build(tmp_path, values))
+    expected = reader.read(np.arange(4))
+    ctx = mp.get_context("fork")  # as DataLoader workers and Ray's forked workers get it
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(reader, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert not isinstance(got, str), got
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(reader.read(np.arange(4)), expected)  # the parent still reads

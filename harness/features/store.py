@@ -176,12 +176,30 @@ _SHARED: dict[tuple[int, str], list] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+def _forget_inherited() -> None:
+    """In a forked child: close the parent's lock-free handles, so the child may open its own.
+
+    py-lmdb refuses a second open of files it believes open, and a child inherits that belief.
+    Lock-free read-only handles hold no reader slot, so closing the child's copy is harmless.
+    """
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for key, (env, _, locked) in list(_SHARED.items()):
+        if not locked:
+            env.close()
+        del _SHARED[key]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
+
+
 def _acquire(path: Path, lock: bool = False) -> lmdb.Environment:
     key = (os.getpid(), os.path.realpath(path))
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None:
-            entry = _SHARED[key] = [_open_env(path, readonly=True, lock=lock), 0]
+            entry = _SHARED[key] = [_open_env(path, readonly=True, lock=lock), 0, lock]
         entry[1] += 1
         return entry[0]
 
@@ -269,22 +287,6 @@ class FeatureStoreWriter:
                 _release(path)
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
-    def skipped(self) -> dict[int, str]:
-        """Items this shard recorded as unreadable: index -> 'path: reason'."""
-        meta = self._existing_meta()
-        return {int(k): v for k, v in (meta or {}).get("skipped", {}).items()}
-
-    def _existing_meta(self) -> dict | None:
-        if self._env is not None:
-            return self.meta
-        if not (self.path / "data.mdb").is_file():
-            return None
-        env = _acquire(self.path)
-        try:
-            return read_metadata(env)
-        finally:
-            _release(self.path)
-
     def _ensure_env(self) -> lmdb.Environment:
         if self._env is None:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -300,6 +302,7 @@ class FeatureStoreWriter:
                     "shard": list(self.shard), "skipped": {}, "complete": False,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": harness.__version__,
                 }
+            meta.update({k: self.identity[k] for k in VOLATILE_FIELDS if k in self.identity})
             self.meta = meta
         return self._env
 
