@@ -15,6 +15,7 @@ scheduler, callbacks), search_final (retrain + test), search_state (the folder),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -254,7 +255,8 @@ def search_model(model: str, state: SearchState, settings: SearchSettings, datas
             if tuner is None and plan.experiment_path.exists():
                 # The driver died before Tune saved any state: start over, keep the remains aside.
                 shutil.move(str(plan.experiment_path), str(plan.experiment_path) + f".stale-{int(time.time())}")
-            results = (tuner or build_tuner(plan)).fit()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for the summary (and --json)
+                results = (tuner or build_tuner(plan)).fit()
         records = collect(results, plan)
         search_seconds = time.perf_counter() - started + float(entry.get("search_seconds", 0.0))
         entry["search_seconds"] = search_seconds

@@ -61,6 +61,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     # Checkpoints every epoch force frequent experiment snapshots (wanted: resume loses little);
     # Tune warns about each one.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's new console output prints the experiment path to stdout even at verbose=0; the
+    # search has its own progress bar and summary.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
     kwargs = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
