@@ -60,7 +60,9 @@ def _load_state_dict(path: Path, option: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise InputError(f"{option} {path}: not a readable PyTorch state dict ({type(err).__name__}: {err})"[:400]) from None
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise InputError(f"{option} {path}: not a readable PyTorch state dict; expected torchvision ResNet-101 "
+                         f"weights that torch.load(weights_only=True) accepts ({type(err).__name__}: {reason})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -22,10 +22,11 @@ def cache_folders(path: str | Path) -> list[Path]:
 
 
 def open_for_info(folder: Path) -> FeatureStoreReader:
-    """Open even an incomplete cache; take LMDB's reader lock where we may, so a running build is safe."""
+    """Open even an incomplete cache, scanning its keys (duplicates, strays); take LMDB's reader lock
+    where we may, so that reading beside a running build is safe."""
     first = _find_shard_dirs(folder)[0]
     lock = os.access(first / "lock.mdb", os.W_OK) if (first / "lock.mdb").exists() else os.access(first, os.W_OK)
-    return FeatureStoreReader(folder, allow_incomplete=True, lock=lock)
+    return FeatureStoreReader(folder, allow_incomplete=True, lock=lock, scan=True)
 
 
 def _size(n: float) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -253,6 +254,8 @@ class FeatureStoreWriter:
         self.item_bytes = int(np.prod(self.item_shape)) * np.dtype(self.dtype).itemsize
         self.path = self.folder / shard_name(*shard)
         self._map_size = map_size
+        self._created: list[Path] = []
+        self._committed = False
         self._env: lmdb.Environment | None = None  # created on the first write: nothing half-made
         self.meta: dict | None = None
         self._check_existing()
@@ -287,14 +290,55 @@ class FeatureStoreWriter:
                 _release(path)
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
+    def _make_dirs(self, needed: int) -> None:
+        """Create the shard folder, after checking the cache dir is writable and has room for the
+        shard (an LMDB lock file on a full tmpfs would crash the process, not raise)."""
+        missing = []
+        existing = self.path
+        while not existing.exists():
+            missing.append(existing)
+            existing = existing.parent
+        where = self.folder.parent
+        try:
+            stat = os.statvfs(existing)
+        except OSError as err:
+            raise InputError(f"--cache-dir {where}: cannot be read ({err.strerror})") from None
+        if missing and not os.access(existing, os.W_OK):
+            raise InputError(f"--cache-dir {where}: expected a writable folder ({existing} is not writable)")
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise InputError(f"--cache-dir {where}: not enough space: {free / 2**30:.2f} GiB free, the cache needs "
+                             f"about {needed / 2**30:.2f} GiB more; expected a folder with room for it")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--cache-dir {where}: cannot write there ({err.strerror}); expected a writable "
+                             f"folder") from None
+        self._created = missing  # removed again if the first commit fails
+
+    def _discard_created(self) -> None:
+        """Remove what this writer created when its first commit failed: nothing is left behind."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        if self._created:  # deepest first: the last one is the top folder this writer made
+            shutil.rmtree(self._created[-1], ignore_errors=True)
+        self._created = []
+
     def _ensure_env(self) -> lmdb.Environment:
         if self._env is None:
-            self.path.mkdir(parents=True, exist_ok=True)
             n_items = len(shard_indices(int(self.identity["count"]), *self.shard))
-            estimate = int(n_items * (self.item_bytes + 4096 + CRC_BYTES) * 1.1) + _MIN_MAP
-            size = self._map_size or estimate
-            self._env = lmdb.open(str(self.path), map_size=size, subdir=True, readahead=True,
-                                  max_dbs=0, lock=True, sync=True, metasync=True)
+            pages = -(-(self.item_bytes + CRC_BYTES + 16) // 4096)  # an overflow page run per item
+            needed = n_items * pages * 4096
+            if not (self.path / "data.mdb").is_file():
+                self._make_dirs(needed + (1 << 20))
+            size = self._map_size or int(needed * 1.1) + _MIN_MAP
+            try:
+                self._env = lmdb.open(str(self.path), map_size=size, subdir=True, readahead=True,
+                                      max_dbs=0, lock=True, sync=True, metasync=True)
+            except lmdb.Error as err:
+                self._discard_created()
+                raise InputError(f"--cache-dir {self.folder.parent}: cannot create the cache there ({err})") from None
             meta = read_metadata(self._env)
             if meta is None:
                 meta = {
@@ -315,9 +359,18 @@ class FeatureStoreWriter:
                     for key, value in puts:
                         txn.put(key, value)
                     txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+                self._committed = True
                 return
             except lmdb.MapFullError:
                 env.set_mapsize(max(env.info()["map_size"] * 2, _MIN_MAP))
+            except (lmdb.Error, OSError) as err:  # e.g. the disk filled up: the transaction is void
+                kept = "stored items are kept; re-run to resume" if self._committed else "nothing was written"
+                if not self._committed:
+                    self._discard_created()
+                full = "No space" in str(err) or getattr(err, "errno", None) == 28
+                what = "no space left on the device" if full else f"write failed ({err})"
+                raise InputError(f"--cache-dir {self.folder.parent}: {what} ({kept}); expected a writable folder "
+                                 f"with room for the cache") from None
 
     def write_batch(self, indices: Iterable[int], arrays: Sequence[np.ndarray] | np.ndarray,
                     skipped: dict[int, str] | None = None) -> None:
