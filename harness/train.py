@@ -26,6 +26,7 @@ from harness.data.sampling import ClassBalancedSampler
 from harness.data.semantics import select_attributes
 from harness.data.splits import ProtocolView, make_view
 from harness.errors import InputError, run_cli
+from harness.features.loader import PrefetchingBatches
 from harness.methods import MethodSpec, ZSLMethod, build_method, list_methods
 from harness.metrics import (
     GZSLMetrics,
@@ -256,8 +257,8 @@ def fit(
     try:
         for epoch in range(1, epochs + 1):
             losses: list[float] = []
-            for step, positions in enumerate(sampler.epoch(), start=1):
-                x = _to_device(view.features.read(view.fit_indices[positions]), device)
+            batches = PrefetchingBatches(view.features, sampler.epoch(), device, index_of=view.fit_indices)
+            for step, (positions, x) in enumerate(batches, start=1):
                 y = torch.from_numpy(view.fit_labels[positions]).to(device)
                 out = method.train_step(x, y)
                 loss = out["loss"]

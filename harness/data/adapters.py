@@ -158,6 +158,16 @@ def build_dataset(files: DatasetFiles, features: FeatureSource, semantics: Attri
             f"files list {files.num_images} images; expected a cache extracted from these files "
             f"(python -m harness.features extract --dataset {files.cache_name} --data-root ...)"
         )
+    # Images that extraction skipped (--skip-bad) leave every split; the run records which.
+    skipped = np.array(sorted(int(k) for k in getattr(features, "skipped", {}) or {}), dtype=np.int64)
+
+    def kept(loc: np.ndarray) -> np.ndarray:
+        return loc[~np.isin(loc, skipped)] if len(skipped) else loc
+
+    notes = dict(files.notes)
+    if len(skipped):
+        notes["skipped_images"] = [str(files.image_paths[i]) for i in skipped[:50]]
+        notes["skipped_count"] = int(len(skipped))
     dataset = GZSLDataset(
         name=files.name,
         labels=files.labels,
@@ -166,13 +176,13 @@ def build_dataset(files: DatasetFiles, features: FeatureSource, semantics: Attri
         class_attributes=np.asarray(files.class_attributes, dtype=np.float32),
         attribute_vectors=semantics.vectors,
         features=features,
-        trainval_loc=files.trainval_loc,
-        test_seen_loc=files.test_seen_loc,
-        test_unseen_loc=files.test_unseen_loc,
+        trainval_loc=kept(files.trainval_loc),
+        test_seen_loc=kept(files.test_seen_loc),
+        test_unseen_loc=kept(files.test_unseen_loc),
         val_classes=files.val_classes,
         default_epochs=files.default_epochs,
         feature_cache_id=feature_cache_id or files.cache_name,
-        annotations={"notes": {**files.notes, **semantics.record()}, "attribute_words": semantics.words},
+        annotations={"notes": {**notes, **semantics.record()}, "attribute_words": semantics.words},
     )
     try:
         dataset.check()
@@ -186,12 +196,12 @@ def _open_features(files: DatasetFiles, cache_dir: str | Path | None) -> tuple[F
     from harness.features.store import find_cache
 
     try:
-        reader = find_cache(cache_dir, files.cache_name)
+        reader = find_cache(cache_dir, files.cache_name, {"count": files.num_images})
     except InputError:
         if files.cache_name == files.name:
             raise
         try:
-            reader = find_cache(cache_dir, files.name)
+            reader = find_cache(cache_dir, files.name, {"count": files.num_images})
         except InputError:
             raise InputError(f"no feature cache for {files.name!r} (it reads the cache of {files.cache_name!r}): "
                              f"build it with python -m harness.features extract --dataset {files.cache_name} "

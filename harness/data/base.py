@@ -57,19 +57,33 @@ class RestrictedFeatures:
         self._allowed[np.asarray(allowed, dtype=np.int64)] = True
         self.feature_dim = source.feature_dim
         self.num_regions = source.num_regions
+        self.dtype = getattr(source, "dtype", None)
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def _check(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if not self._allowed[indices].all():
+            bad = indices[~self._allowed[indices]][:5].tolist()
+            raise SplitLeakError(f"images {bad} are outside this view's splits")
+        return indices
 
     def allows(self, indices: np.ndarray) -> bool:
         return bool(self._allowed[np.asarray(indices, dtype=np.int64)].all())
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices, dtype=np.int64)
-        if not self._allowed[indices].all():
-            bad = indices[~self._allowed[indices]][:5].tolist()
-            raise SplitLeakError(f"images {bad} are outside this view's splits")
-        return self._source.read(indices)
+        return self._source.read(self._check(indices))
+
+    def read_into(self, indices: np.ndarray, out):
+        """The store's fast path into a preallocated tensor, behind the same allow-list."""
+        import torch
+
+        indices = self._check(indices)
+        if hasattr(self._source, "read_into"):
+            return self._source.read_into(indices, out)
+        out[: len(indices)].copy_(torch.from_numpy(self._source.read(indices)))
+        return out
 
 
 @dataclass
