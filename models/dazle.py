@@ -36,20 +36,24 @@ def _gemm_dtype(tensor: Tensor) -> torch.dtype:
 class _DenseAttentionScores(torch.autograd.Function):
     """eq. 2-4 and the gate logits of eq. 6 for a batch, with a backward written out by hand.
 
-    Inputs: regions [F, B*R] (L2-normalised columns), V [A, D], the word-vector route flag, R,
-    then the K slab weights W_alpha, W_e[, W_beta], each [D, F]. Outputs: alpha [A, B, R] and
-    S [K-1, A, B] with S_k[a, b] = sum_r alpha_{a,b,r} v_a^T W_k f_{b,r} = v_a^T W_k h_{b,a}.
+    Inputs: regions X [F, B*R], their column scale 1/||f_r|| (None when X is already
+    normalised), V [A, D], the word-vector route flag, R, then the K slab weights W_alpha,
+    W_e[, W_beta], each [D, F]. Outputs: alpha [A, B, R] and S [K-1, A, B] with
+    S_k[a, b] = sum_r alpha_{a,b,r} v_a^T W_k f_{b,r} = v_a^T W_k h_{b,a}: h is never built.
 
-    All slabs come from one product with the regions: through D, P_k = V (W_k X) (the K GEMMs
-    with X write into one buffer and the backward forms dW for all K in one GEMM); through A,
-    P = [V W_k]_k X in one GEMM. The backward writes dP in place (no per-slab zeros and stacks
-    as autograd would make) and never builds h. GEMMs run in the autocast dtype when autocast
-    is on; softmax and the sums over regions stay in float32.
+    The projections P_k = V W_k X come from one product with the regions for all K slabs:
+    through D, K GEMMs W_k X into one buffer, then V, and dW of all slabs in one GEMM; through
+    A, the products V W_k once per step and one GEMM with X. The normalisation is applied to
+    the smaller of W X or P (W (x / n) = (W x) / n), not to X. The backward writes dP in place
+    (autograd would build per-slab zeros and a stack) and takes the softmax's correction term
+    sum_r alpha_r dalpha_r = sum_k dS_k S_k from the forward's S instead of a pass over
+    [A, B, R]. GEMMs run in the autocast dtype when autocast is on; softmax and the sums over
+    regions stay in float32.
     """
 
     @staticmethod
-    def forward(ctx, regions: Tensor, V: Tensor, through_word_dim: bool, num_regions: int,
-                *weights: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, regions: Tensor, scale: Tensor | None, V: Tensor, through_word_dim: bool,
+                num_regions: int, *weights: Tensor) -> tuple[Tensor, Tensor]:
         kind = regions.device.type
         dtype = _gemm_dtype(regions)
         with torch.autocast(kind, enabled=False):
@@ -61,64 +65,78 @@ class _DenseAttentionScores(torch.autograd.Function):
                 inner = x.new_empty(slabs, word_dim, columns)  # W_k X: [K, D, N]
                 for k, w in enumerate(ws):
                     torch.mm(w, x, out=inner[k])
+                if scale is not None:
+                    inner.mul_(scale)
+                for k in range(slabs):
                     torch.mm(v, inner[k], out=proj[k])
             else:
                 inner = x.new_empty(slabs, num_attr, x.shape[0])  # V W_k: [K, A, F]
                 for k, w in enumerate(ws):
                     torch.mm(v, w, out=inner[k])
                 torch.mm(inner.view(slabs * num_attr, -1), x, out=proj.view(slabs * num_attr, columns))
+                if scale is not None:
+                    proj.mul_(scale)
             acc = torch.promote_types(dtype, torch.float32)  # bf16 GEMMs, float32 softmax and sums
             p = proj.view(slabs, num_attr, columns // num_regions, num_regions).to(acc)  # [K, A, B, R]
             alpha = torch.softmax(p[0], dim=-1)  # eq. 2
             scores = (p[1:] * alpha).sum(-1)  # [K-1, A, B]
         ctx.through_word_dim, ctx.dtype, ctx.input_dtypes = through_word_dim, dtype, (regions.dtype, V.dtype)
-        ctx.save_for_backward(x, v, alpha, p, inner, *ws)
+        ctx.save_for_backward(x, scale, v, alpha, p, scores, inner, *ws)
         return alpha, scores
 
     @staticmethod
     def backward(ctx, d_alpha: Tensor | None, d_scores: Tensor | None):
-        x, v, alpha, p, inner, *ws = ctx.saved_tensors
+        x, scale, v, alpha, p, scores, inner, *ws = ctx.saved_tensors
         slabs, (num_attr, word_dim), columns = len(ws), v.shape, x.shape[1]
         dtype, needs = ctx.dtype, ctx.needs_input_grad
         with torch.autocast(x.device.type, enabled=False):
-            dp = alpha.new_empty(p.shape)  # [K, A, B, R], float32
             if d_scores is None:
-                d_scores = alpha.new_zeros(slabs - 1, *alpha.shape[:2])
+                d_scores = scores.new_zeros(scores.shape)
             ds = d_scores.unsqueeze(-1)  # [K-1, A, B, 1]
-            torch.mul(alpha, ds, out=dp[1:])  # dS_k/dP_k = alpha
-            d_logits = p[1] * ds[0]  # dS/dalpha = sum_k dS_k P_k
-            for k in range(2, slabs):
-                d_logits.addcmul_(p[k], ds[k - 1])
+            # dL/dlogits = alpha * (g - sum_r alpha g) with g = sum_k dS_k P_k (+ the grad of alpha itself)
+            correction = (d_scores * scores).sum(0).unsqueeze(-1)  # [A, B, 1]
             if d_alpha is not None:
-                d_logits += d_alpha
-            d_logits -= (alpha * d_logits).sum(-1, keepdim=True)  # softmax backward
-            torch.mul(alpha, d_logits, out=dp[0])
+                correction = correction + (alpha * d_alpha).sum(-1, keepdim=True)
+            dp = alpha.new_empty(p.shape)  # [K, A, B, R]
+            g = torch.addcmul(correction.neg(), p[1], ds[0])
+            for k in range(2, slabs):
+                g.addcmul_(p[k], ds[k - 1])
+            if d_alpha is not None:
+                g += d_alpha
+            torch.mul(alpha, g, out=dp[0])
+            torch.mul(alpha, ds, out=dp[1:])  # dS_k/dP_k = alpha
             dp = dp.view(slabs, num_attr, columns).to(dtype)
 
             d_x = d_v = None
             if ctx.through_word_dim:
-                if needs[1]:
+                if needs[2]:
                     d_v = torch.mm(dp[0], inner[0].t())
                     for k in range(1, slabs):
                         d_v.addmm_(dp[k], inner[k].t())
-                d_inner = torch.bmm(v.t().expand(slabs, word_dim, num_attr), dp)  # [K, D, N]
+                d_inner = dp.new_empty(slabs, word_dim, columns)  # [K, D, N]
+                for k in range(slabs):
+                    torch.mm(v.t(), dp[k], out=d_inner[k])
+                if scale is not None:
+                    d_inner.mul_(scale)
                 d_w = torch.mm(d_inner.view(slabs * word_dim, columns), x.t())  # all K at once: [K*D, F]
                 d_ws = list(d_w.view(slabs, word_dim, -1).unbind(0))
                 if needs[0]:
                     d_x = torch.mm(torch.cat(ws).t(), d_inner.view(slabs * word_dim, columns))
             else:
+                if needs[0]:
+                    d_x = torch.mm(inner.view(slabs * num_attr, -1).t(), dp.view(slabs * num_attr, columns))
+                if scale is not None:
+                    dp.mul_(scale)
                 d_inner = torch.mm(dp.view(slabs * num_attr, columns), x.t()).view(slabs, num_attr, -1)  # [K, A, F]
                 d_ws = [torch.mm(v.t(), d_inner[k]) for k in range(slabs)]
-                if needs[1]:
+                if needs[2]:
                     d_v = torch.mm(d_inner[0], ws[0].t())
                     for k in range(1, slabs):
                         d_v.addmm_(d_inner[k], ws[k].t())
-                if needs[0]:
-                    d_x = torch.mm(inner.view(slabs * num_attr, -1).t(), dp.view(slabs * num_attr, columns))
         regions_dtype, param_dtype = ctx.input_dtypes
         d_x = None if d_x is None else d_x.to(regions_dtype)
         d_v = None if d_v is None else d_v.to(param_dtype)
-        return (d_x, d_v, None, None, *(d.to(param_dtype) for d in d_ws))
+        return (d_x, None, d_v, None, None, *(d.to(param_dtype) for d in d_ws))
 
 
 @dataclass
@@ -209,16 +227,24 @@ class DAZLE(nn.Module):
         vw = torch.bmm(v, torch.stack(weights))  # [K, A, F]
         return (vw.view(slabs * num_attr, -1) @ regions).view(slabs, num_attr, -1)
 
-    @staticmethod
-    def _region_columns(features: Tensor) -> Tensor:
-        """Region features L2-normalised over F and laid out [F, B*R]: every slab is one GEMM per batch."""
+    def _region_columns(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Regions laid out [F, B*R], so that every slab is one GEMM per batch, and 1/||f_r||.
+
+        The transposed copy also casts float16 caches; the L2 normalisation is left to the
+        model's products (None as the scale when the columns come back normalised: features
+        that need a gradient, or torch.compile, which fuses the division itself).
+        """
         batch, dim, num_regions = features.shape
-        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
+        dtype = self.W_e.dtype
         if (features.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-            return (features / norms).transpose(0, 1).reshape(dim, batch * num_regions)
-        columns = features.new_empty(dim, batch, num_regions)
-        torch.div(features.transpose(0, 1), norms.transpose(0, 1), out=columns)  # normalise and transpose in one pass
-        return columns.view(dim, batch * num_regions)
+            f = features.to(dtype)
+            norms = torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
+            return (f / norms).transpose(0, 1).reshape(dim, batch * num_regions), None
+        columns = torch.empty((dim, batch, num_regions), dtype=dtype, device=features.device)
+        columns.copy_(features.transpose(0, 1))
+        columns = columns.view(dim, batch * num_regions)
+        scale = columns.square().sum(0).sqrt_().clamp_min_(1e-12).reciprocal_()  # as F.normalize: x / max(|x|, eps)
+        return columns, scale
 
     def forward(self, features: Tensor) -> DAZLEOutput:
         if features.dim() == 4:
@@ -228,23 +254,23 @@ class DAZLE(nn.Module):
                 f"expected features [B, {self.feature_dim}, R] or [B, {self.feature_dim}, H, W], "
                 f"got {tuple(features.shape)}"
             )
-        features = features.to(self.W_e.dtype)  # float16 caches: normalise in the parameters' precision
         batch, dim, num_regions = features.shape
         num_attr = self.V.shape[0]
-        regions = self._region_columns(features)  # [F, B*R]
+        regions, scale = self._region_columns(features)  # [F, B*R], [B*R] or None
         gate_weights = [self.W_beta] if self.attribute_attention else []
 
         if self.dense_attention:
             # eq. 2-4, 6: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r, so h is never built
             alpha, slab_scores = _DenseAttentionScores.apply(
-                regions, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
+                regions, scale, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
             )  # [A, B, R], [1 or 2, A, B]
             attribute_scores = slab_scores[0]  # [A, B]
             gate_logits = slab_scores[1] if self.attribute_attention else None
             attention = alpha.permute(1, 0, 2)  # [B, A, R]
         else:
             # h_a is the mean of the regions for every a: average first, then project [F, B].
-            mean_region = regions.view(dim, batch, num_regions).mean(-1)
+            grid = regions.view(dim, batch, num_regions)
+            mean_region = (grid if scale is None else grid * scale.view(batch, num_regions)).mean(-1)
             attribute_scores, *gate_logits_list = self._project(mean_region, [self.W_e, *gate_weights]).unbind(0)
             gate_logits = gate_logits_list[0] if gate_logits_list else None
             attention = regions.new_full((1, 1, 1), 1.0 / num_regions).expand(batch, num_attr, num_regions)
