@@ -100,7 +100,10 @@ def metric_against_param(values: Sequence[float], metric: Sequence[float], path:
     if (keep & hi).any():
         ax.scatter(x[keep & hi], y[keep & hi], s=80, marker="*", color="red", label="paper configuration")
     if log_x and keep.any() and (x[keep] > 0).all():
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade
     ax.set_xlabel(param)
     ax.set_ylabel(metric_name)
     ax.grid(alpha=0.3)
