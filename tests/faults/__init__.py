@@ -8,6 +8,7 @@ tests/test_bad_inputs.py uses them too.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -161,7 +162,7 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
+        kill_pids(sorted(family(proc.pid) | {proc.pid}))  # its session: Ray helpers included
         out, err = proc.communicate()
         raise AssertionError(f"{' '.join(cmd)} hung for {timeout} s; stderr:\n{err[-3000:]}") from None
     return CliResult(cmd, proc.returncode, out, err, time.perf_counter() - started)
@@ -320,3 +321,139 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, spaw
         time.sleep(interval)
     tail = f":\n{spawned.stderr()[-3000:]}" if spawned is not None else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{tail}")
+
+
+# ---------------------------------------------------------------- the three kinds of search records
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    status: str
+    kind: str  # search | trial | final (the harness's `kind` tag)
+    trial_id: str  # ray_trial_id tag of trial runs
+    tags: dict
+    metrics: dict
+    steps: dict  # metric key -> list of logged steps (duplicates kept, to catch double logging)
+
+
+def mlflow_records(tracking_uri: str, with_steps: tuple[str, ...] = ("val_H",)) -> list[RunRecord]:
+    """Every run of every experiment of a tracking store."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(exps, run_view_type=ViewType.ALL, max_results=5000) if exps else []
+    out = []
+    for r in runs:
+        steps = {k: sorted(m.step for m in client.get_metric_history(r.info.run_id, k)) for k in with_steps
+                 if k in r.data.metrics}
+        out.append(RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.tags.get("kind", ""),
+                             r.data.tags.get("ray_trial_id", ""), dict(r.data.tags), dict(r.data.metrics), steps))
+    return out
+
+
+def try_mlflow_records(tracking_uri: str) -> list[RunRecord]:
+    """mlflow_records, or [] while the store is being created or locked by the writer."""
+    try:
+        return mlflow_records(tracking_uri, with_steps=())
+    except Exception:  # noqa: BLE001 - a store mid-creation answers with various errors
+        return []
+
+
+@dataclass
+class RayTrial:
+    trial_id: str
+    status: str  # TERMINATED | ERROR | RUNNING | PENDING | PAUSED
+    config: dict
+    val_H: float | None
+    iterations: int
+    num_failures: int
+    diverged: bool
+
+
+def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
+    """Ray Tune's view of an experiment folder (its saved experiment state)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(experiment_path))
+    out = {}
+    for t in analysis.trials:
+        last = t.last_result or {}
+        out[t.trial_id] = RayTrial(t.trial_id, t.status, dict(t.config), last.get("val_H"),
+                                   int(last.get("training_iteration", 0) or 0), int(t.num_failures),
+                                   bool(last.get("diverged")))
+    return out
+
+
+@dataclass
+class SearcherTrial:
+    number: int
+    state: str  # COMPLETE | RUNNING | PRUNED | FAIL | WAITING
+    params: dict
+    value: float | None
+    ray_trial_id: str
+
+
+def searcher_trials(experiment_path: Path) -> list[SearcherTrial]:
+    """The Optuna study inside the searcher state Ray saved with the experiment."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(experiment_path))
+    ray_ids = {ot.number: tid for tid, ot in getattr(searcher, "_ot_trials", {}).items()}
+    return [SearcherTrial(t.number, t.state.name, dict(t.params), t.value, ray_ids.get(t.number, ""))
+            for t in searcher._ot_study.get_trials(deepcopy=False)]
+
+
+# ---------------------------------------------------------------- invariants of a finished search
+
+
+def trial_runs(records):
+    return [r for r in records if r.kind == "trial"]
+
+
+def check_search_records(storage: Path, uri: str, num_samples: int, model: str = "dazle") -> dict:
+    """The invariants of a finished search over the three kinds of records; returns the counts."""
+    exp = storage / model
+    ray = ray_trials(exp)
+    opt = searcher_trials(exp)
+    runs = mlflow_records(uri)
+    trials = trial_runs(runs)
+
+    # Ray: num_samples trials, all ended normally.
+    assert len(ray) == num_samples, {t.trial_id: t.status for t in ray.values()}
+    assert all(t.status == "TERMINATED" for t in ray.values()), {t.trial_id: t.status for t in ray.values()}
+
+    # Optuna: one COMPLETE trial per Ray trial, same parameters and value; nothing left RUNNING.
+    states = [t.state for t in opt]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    by_ray = {}
+    for t in opt:
+        assert t.ray_trial_id not in by_ray, f"two Optuna trials for Ray trial {t.ray_trial_id}"
+        by_ray[t.ray_trial_id] = t
+    assert set(by_ray) == set(ray), (sorted(by_ray), sorted(ray))
+    for tid, t in by_ray.items():
+        assert t.state == "COMPLETE", (tid, t.state)
+        assert t.params == {k: ray[tid].config[k] for k in t.params}, (tid, t.params, ray[tid].config)
+        assert math.isclose(t.value, ray[tid].val_H, abs_tol=1e-9), (tid, t.value, ray[tid].val_H)
+
+    # MLflow: nothing RUNNING; exactly one FINISHED run per Ray trial; every other trial run was
+    # orphaned by the kill and is KILLED with the reason.
+    assert not [r.run_id for r in runs if r.status == "RUNNING"], [(r.name, r.status) for r in runs]
+    parents = [r for r in runs if r.kind == "search"]
+    assert len(parents) == 1 and parents[0].status == "FINISHED", [(r.name, r.status) for r in parents]
+    for tid in ray:
+        mine = [r for r in trials if r.trial_id == tid]
+        assert len(mine) == 1, f"Ray trial {tid} has {len(mine)} MLflow runs"
+        assert mine[0].status == "FINISHED", (tid, mine[0].status)
+        assert math.isclose(mine[0].metrics["val_H"], ray[tid].val_H, abs_tol=1e-9)
+        steps = mine[0].steps["val_H"]
+        assert steps == sorted(set(steps)), f"trial {tid} logged a val_H step twice: {steps}"
+    orphans = [r for r in trials if r.trial_id not in ray]
+    for r in orphans:
+        assert r.status == "KILLED" and r.tags.get("ended_by"), (r.name, r.status, r.tags.get("ended_by"))
+    return {"ray_trials": len(ray), "optuna_trials": len(opt), "mlflow_trial_runs": len(trials),
+            "orphaned_runs_killed": len(orphans)}
