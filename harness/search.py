@@ -257,6 +257,11 @@ def search_model(model: str, state: SearchState, settings: SearchSettings, datas
                 shutil.move(str(plan.experiment_path), str(plan.experiment_path) + f".stale-{int(time.time())}")
             with contextlib.redirect_stdout(sys.stderr):  # stdout is for the summary (and --json)
                 results = (tuner or build_tuner(plan)).fit()
+            if results.num_terminated + results.num_errors < len(results) or len(results) < plan.num_samples:
+                # Ctrl+C: Tune saves its state and returns the unfinished experiment instead of raising.
+                print(f"{PROG}: search interrupted; resume with: python -m {PROG} --dataset {settings.dataset} "
+                      f"--storage {state.folder} --resume", file=sys.stderr)
+                raise KeyboardInterrupt
         records = collect(results, plan)
         search_seconds = time.perf_counter() - started + float(entry.get("search_seconds", 0.0))
         entry["search_seconds"] = search_seconds

@@ -242,9 +242,9 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
                      "diverged_step": float(err.step), "error": str(err)})
         return
     except SystemExit:
-        # ASHA stopped the trial (Tune raises SystemExit inside tune.report): an early stop, not a failure.
-        tracking.set_tags(ref, {"stopped_early": "true", "last_iteration": iteration})
-        tracking.end_run(ref, "FINISHED")
+        # Tune stops a trial by raising SystemExit inside tune.report: ASHA stopping it early (the
+        # driver's callback then ends the run FINISHED) or the search being interrupted (the run
+        # is ended KILLED, and a resumed search continues it). Only the driver knows which.
         raise
     except BaseException as err:
         tracking.set_tags(ref, {"error": f"{type(err).__name__}: {err}"[:5000], "failure_reason": type(err).__name__})

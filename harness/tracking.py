@@ -212,8 +212,17 @@ def run_status(ref: RunRef) -> str:
 
 
 def reopen_run(ref: RunRef) -> None:
-    """Mark a run RUNNING again (a retried or resumed trial continues its own run)."""
-    ref.client.update_run(ref.run_id, status="RUNNING")
+    """Mark a run RUNNING again (a retried or resumed trial continues its own run).
+
+    The `ended_by` tag of end_orphans is moved to `previously_ended_by`: it no longer says how
+    the run ended, only that it was cut off once.
+    """
+    client = ref.client
+    run = client.get_run(ref.run_id)
+    client.update_run(ref.run_id, status="RUNNING")
+    if "ended_by" in run.data.tags:
+        client.set_tag(ref.run_id, "previously_ended_by", run.data.tags["ended_by"])
+        client.delete_tag(ref.run_id, "ended_by")
 
 
 def max_metric_step(ref: RunRef, key: str) -> int | None:

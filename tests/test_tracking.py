@@ -47,6 +47,8 @@ def test_children_are_found_by_tag_and_orphans_are_ended(store):
     assert tracking.run_status(parent) == "RUNNING"  # only children are touched
     tracking.reopen_run(a)
     assert tracking.run_status(a) == "RUNNING"
+    tags = a.client.get_run(a.run_id).data.tags
+    assert "ended_by" not in tags and tags["previously_ended_by"] == "test"
 
 
 def test_metrics_steps_and_non_finite_values(store):
