@@ -229,6 +229,33 @@ def test_compose_binds_mlflow_and_ray_dashboard_to_loopback():
     ), f"{path.name}: the MLflow port {MLFLOW_PORT} is not published at all (the check would be vacuous)"
 
 
+def test_compose_overlays_on_host_network_keep_the_dashboard_on_loopback():
+    """An overlay that puts a service on the host's network must not bind the dashboard / MLflow to 0.0.0.0."""
+    overlays = sorted((ROOT / "docker").glob("*.y*ml")) if (ROOT / "docker").is_dir() else []
+    if not overlays:
+        pytest.skip("no compose overlays")
+    import yaml
+
+    class ComposeLoader(yaml.SafeLoader):
+        """Safe loading plus Compose's merge tags (!reset, !override)."""
+
+    def plain(loader, node):
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node)
+        return loader.construct_scalar(node)
+
+    for tag in ("!reset", "!override"):
+        ComposeLoader.add_constructor(tag, plain)
+    for path in overlays:
+        compose = yaml.load(path.read_text(), Loader=ComposeLoader) or {}
+        bad = [b for b in open_ports({"services": {
+            name: {k: v for k, v in (svc or {}).items() if k != "ports"}
+            for name, svc in (compose.get("services") or {}).items()}}) if "network_mode" in b]
+        assert not bad, f"{path.name}:\n" + "\n".join(bad)
+
+
 _BIND_OPTION = re.compile(r"""(--host|--dashboard-host|--node-ip-address|dashboard_host|host)\b\s*[=:,]?\s*["']?"""
                           r"""(0\.0\.0\.0|::|\[::\])["']?""")
 
@@ -301,19 +328,25 @@ _CONFIG_SUFFIXES = (".yml", ".yaml", ".env", ".ini", ".cfg", ".conf", ".toml", "
 _PLACEHOLDERS = re.compile(r"(?i)^(x+|\*+|changeme|example|placeholder|password|secret|dummy|test|none|<.*>)$")
 
 
-def secrets_in(text: str, config_file: bool = False) -> list[str]:
-    """Findings 'line N: what'; `config_file` also flags unquoted `password: value` lines."""
+_PASSWORD_KINDS = ("password literal", "password in a URL")
+
+
+def secrets_in(text: str, config_file: bool = False, keys_only: bool = False) -> list[str]:
+    """Findings 'line N: what'; `config_file` also flags unquoted `password: value` lines;
+    `keys_only` checks keys and tokens only (tests plant fake passwords to test secret finders)."""
     found = []
     for i, line in enumerate(text.splitlines(), 1):
-        m = _UNQUOTED_PASSWORD.search(line) if config_file else None
+        m = _UNQUOTED_PASSWORD.search(line) if config_file and not keys_only else None
         if m and not _PLACEHOLDERS.match(m.group(2)):
             found.append(f"line {i}: unquoted password in a configuration file")
         for what, pattern in _SECRET_PATTERNS.items():
+            if keys_only and what in _PASSWORD_KINDS:
+                continue
             m = pattern.search(line)
             if not m:
                 continue
-            value = m.group(m.lastindex) if what in ("password literal", "password in a URL") else m.group(0)
-            if what in ("password literal", "password in a URL") and _PLACEHOLDERS.match(value):
+            value = m.group(m.lastindex) if what in _PASSWORD_KINDS else m.group(0)
+            if what in _PASSWORD_KINDS and _PLACEHOLDERS.match(value):
                 continue
             found.append(f"line {i}: {what}")
     return found
@@ -351,6 +384,11 @@ def test_secret_scan_catches_unquoted_config_passwords():
     assert not secrets_in("    POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:-changeme}", config_file=True)
 
 
+def test_secret_scan_of_tests_checks_keys_but_not_planted_passwords():
+    planted = "uri = postgresql://mlflow:" + "hunter2x@db/mlflow\n" + "key = AKIA" + "ABCDEFGHIJKLMNOP"
+    assert secrets_in(planted, keys_only=True) == ["line 2: AWS access key id"]
+
+
 def test_secret_scan_ignores_placeholders_and_env_references():
     assert secrets_in('password = "changeme"\npassword: "${POSTGRES_PASSWORD}"\npassword = os.environ["PW"]') == []
 
@@ -374,5 +412,5 @@ def test_repository_holds_no_secret():
         except UnicodeDecodeError:
             continue
         config = path.suffix in _CONFIG_SUFFIXES or path.name.startswith(".env")
-        found += [f"{name} {hit}" for hit in secrets_in(text, config)]
+        found += [f"{name} {hit}" for hit in secrets_in(text, config, keys_only=name.startswith("tests/"))]
     assert not found, "secrets in the repository:\n" + "\n".join(found)
