@@ -79,7 +79,7 @@ class _DenseAttentionScores(torch.autograd.Function):
             acc = torch.promote_types(dtype, torch.float32)  # bf16 GEMMs, float32 softmax and sums
             p = proj.view(slabs, num_attr, columns // num_regions, num_regions).to(acc)  # [K, A, B, R]
             alpha = torch.softmax(p[0], dim=-1)  # eq. 2
-            scores = (p[1:] * alpha).sum(-1)  # [K-1, A, B]
+            scores = torch.einsum("kabr,abr->kab", p[1:], alpha)  # [K-1, A, B]: sum_r alpha P_k
         ctx.through_word_dim, ctx.dtype, ctx.input_dtypes = through_word_dim, dtype, (regions.dtype, V.dtype)
         ctx.save_for_backward(x, scale, v, alpha, p, scores, inner, *ws)
         return alpha, scores
@@ -242,9 +242,12 @@ class DAZLE(nn.Module):
             return (f / norms).transpose(0, 1).reshape(dim, batch * num_regions), None
         columns = torch.empty((dim, batch, num_regions), dtype=dtype, device=features.device)
         columns.copy_(features.transpose(0, 1))
-        columns = columns.view(dim, batch * num_regions)
-        scale = columns.square().sum(0).sqrt_().clamp_min_(1e-12).reciprocal_()  # as F.normalize: x / max(|x|, eps)
-        return columns, scale
+        if features.dtype == dtype:
+            norms = features.square().sum(1).sqrt_()  # [B, R]; faster here than vector_norm's kernel
+        else:  # float16 caches: accumulate in the parameters' precision, no overflow of the squares
+            norms = torch.linalg.vector_norm(features, dim=1, dtype=dtype)
+        scale = norms.clamp_min_(1e-12).reciprocal_().view(-1)  # as F.normalize: x / max(|x|, eps)
+        return columns.view(dim, batch * num_regions), scale
 
     def forward(self, features: Tensor) -> DAZLEOutput:
         if features.dim() == 4:
