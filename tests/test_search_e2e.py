@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,6 +136,7 @@ def stack():
         yield s
     finally:
         s.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _client(stack):
