@@ -29,7 +29,13 @@ from harness import plots, tracking
 from harness.config import TrainConfig
 from harness.data.registry import list_datasets
 from harness.errors import InputError, run_cli
-from harness.search_cluster import check_address, init_ray, shutdown_ray
+from harness.search_cluster import (
+    check_address,
+    check_cluster_capacity,
+    check_local_capacity,
+    init_ray,
+    shutdown_ray,
+)
 from harness.search_report import param_name, summary_text, trial_rows, write_table
 from harness.search_space import ResolvedSpace, has_space, resolve_space
 from harness.search_state import SearchState, check_new_storage, default_storage, latest_storage
@@ -223,8 +229,8 @@ def _param_plots(records, space: ResolvedSpace, folder: Path) -> list[Path]:
     return out
 
 
-def search_model(model: str, state: SearchState, settings: SearchSettings, dataset, resources: dict[str, float],
-                 resume: bool) -> dict[str, Any]:
+def search_model(model: str, space: ResolvedSpace, state: SearchState, settings: SearchSettings, dataset,
+                 resources: dict[str, float], resume: bool) -> dict[str, Any]:
     from harness.search_final import FinalJob, run_finals, summarize
     from harness.search_report import final_rows
     from harness.search_trial import TrialContext
@@ -234,7 +240,6 @@ def search_model(model: str, state: SearchState, settings: SearchSettings, datas
     if entry.get("stage") == "done":
         return entry["summary"]
     started = time.perf_counter()
-    space = resolve_space(model, int(dataset.class_attributes.shape[1]))
     epochs = settings.epochs or dataset.default_epochs
     max_t = epochs * settings.reports_per_epoch
     concurrent = _max_concurrent(settings, resources)
@@ -316,13 +321,17 @@ def search_model(model: str, state: SearchState, settings: SearchSettings, datas
         state.save()
         return summary
     except BaseException as err:
-        # Leave nothing RUNNING: the parent and any child a dying worker could not end.
-        tracking.end_orphans(state.tracking_uri, state.experiment_id, parent.run_id,
-                             reason=f"search stopped: {type(err).__name__}")
-        if not isinstance(err, SearchFailed) and tracking.run_status(parent) == "RUNNING":
-            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-            tracking.set_tags(parent, {"error": f"{type(err).__name__}: {err}"[:5000]})
-            tracking.end_run(parent, status)
+        # Leave nothing RUNNING: the parent and any child a dying worker could not end. The store
+        # itself may be what failed: then a resumed search ends them (end_orphans on resume).
+        try:
+            tracking.end_orphans(state.tracking_uri, state.experiment_id, parent.run_id,
+                                 reason=f"search stopped: {type(err).__name__}")
+            if not isinstance(err, SearchFailed) and tracking.run_status(parent) == "RUNNING":
+                status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+                tracking.set_tags(parent, {"error": f"{type(err).__name__}: {err}"[:5000]})
+                tracking.end_run(parent, status)
+        except Exception:  # the original error is what the user must see
+            pass
         raise
 
 
@@ -358,6 +367,10 @@ def main(args: argparse.Namespace) -> int:
     address = check_address(args.address) if args.address else None
     dataset = load_driver_dataset(settings)
     models = resolve_models(settings.model)
+    num_attributes = int(dataset.class_attributes.shape[1])
+    spaces = {model: resolve_space(model, num_attributes) for model in models}  # a bad space fails here
+    if address is None:
+        check_local_capacity(settings)
     if address and state.tracking_uri.startswith("sqlite:"):
         print(f"{PROG}: warning: trials on other nodes write to {state.tracking_uri}; that path must be "
               "shared by every node (or use an MLflow server with --tracking-uri http://...)", file=sys.stderr)
@@ -365,13 +378,23 @@ def main(args: argparse.Namespace) -> int:
     summaries: list[dict[str, Any]] = []
     resources = init_ray(address, verbose=args.verbose)
     try:
+        if address:
+            check_cluster_capacity(settings, address)
         state.experiment_id = tracking.experiment_id(state.tracking_uri, state.experiment)
         state.save()
         for model in models:
-            summaries.append(search_model(model, state, settings, dataset, resources, resume))
+            summaries.append(search_model(model, spaces[model], state, settings, dataset, resources, resume))
     except SearchFailed as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
+            raise
+        raise InputError(
+            f"--tracking-uri {state.tracking_uri}: the tracking store became unreachable during the search "
+            f"({type(err).__name__}); the search folder keeps its state: once the store is back, resume with "
+            f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
+        ) from err
     finally:
         shutdown_ray()
     seconds = time.perf_counter() - started

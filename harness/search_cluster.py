@@ -83,3 +83,46 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _capacity_error(settings, where: str, cpus: float, gpus: float) -> InputError:
+    if settings.gpus_per_trial > gpus:
+        option, value, limit = "--gpus-per-trial", settings.gpus_per_trial, f"{gpus:g} GPU(s)"
+    else:
+        option, value, limit = "--cpus-per-trial", settings.cpus_per_trial, f"{cpus:g} CPU(s)"
+    return InputError(
+        f"{option} {value:g}: expected at most the {limit} of one node ({where}: {cpus:g} CPUs, {gpus:g} GPUs "
+        f"on its largest node); a trial asking for more could never start"
+    )
+
+
+def check_local_capacity(settings) -> None:
+    """Before starting a local Ray instance: can one trial fit on this machine at all?"""
+    cpus = float(os.cpu_count() or 1)
+    gpus = 0.0
+    if settings.gpus_per_trial > 0:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    if settings.cpus_per_trial > cpus or settings.gpus_per_trial > gpus:
+        raise _capacity_error(settings, "this machine", cpus, gpus)
+
+
+def check_cluster_capacity(settings, address: str) -> None:
+    """After joining a cluster: does some live node offer what one trial asks for?
+
+    Tune would otherwise wait forever for resources no node has (an autoscaling cluster that
+    could add such a node is not covered: start one node of that size first).
+    """
+    import ray
+
+    best_cpu = best_gpu = 0.0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        cpu, gpu = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        if cpu >= settings.cpus_per_trial and gpu >= settings.gpus_per_trial:
+            return
+        best_cpu, best_gpu = max(best_cpu, cpu), max(best_gpu, gpu)
+    raise _capacity_error(settings, f"the Ray cluster at {address}", best_cpu, best_gpu)

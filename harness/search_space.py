@@ -99,6 +99,15 @@ def _check(model: str, space: dict, defaults: dict) -> None:
     unknown = sorted(set(defaults) - set(space))
     if unknown:
         raise InputError(f"search_spaces/{model}.py: DEFAULTS name parameters outside SPACE: {unknown}")
+    # Every value the space allows must be a valid configuration: check its ends (and choices)
+    # with TrainConfig's own validation, so a bad space fails here, not in every trial.
+    for key, spec in space.items():
+        values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+        for value in values:
+            try:
+                TrainConfig(**{key: value}).validate()
+            except (InputError, TypeError, ValueError) as err:
+                raise InputError(f"search_spaces/{model}.py: {key!r} allows {value!r}, which is invalid ({err})") from err
 
 
 def resolve_space(model: str, num_attributes: int) -> ResolvedSpace:

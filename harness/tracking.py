@@ -43,8 +43,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow's HTTP client retries a refused request 7 times with exponential backoff (minutes); 4
+# retries ride out a server restart of about 30 s and let a real outage surface in time.
+HTTP_RETRIES = "4"
+
+
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -79,6 +85,15 @@ def _artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     return None
+
+
+def reachable(uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether the tracking store answers now (used to tell an outage from other failures)."""
+    try:
+        check_tracking(uri, timeout_s)
+    except InputError:
+        return False
+    return True
 
 
 def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:

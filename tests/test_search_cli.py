@@ -46,6 +46,16 @@ def test_unreachable_tracking_server_is_exit_2(workdir, capsys):
     assert not (workdir / "s").exists()
 
 
+def test_trials_larger_than_this_machine_fail_before_ray_starts(workdir, capsys):
+    import torch
+
+    if torch.cuda.device_count() < 4:
+        _fails(["--dataset", "synthetic", "--gpus-per-trial", "4", "--storage", "s"], capsys, "--gpus-per-trial")
+    _fails(["--dataset", "synthetic", "--cpus-per-trial", "4096", "--storage", "s"], capsys,
+           "--cpus-per-trial 4096: expected at most the")
+    assert not (workdir / "s").exists() and not (workdir / "mlflow.db").exists()
+
+
 def test_bad_options_and_storage(workdir, capsys):
     _fails(["--dataset", "synthetic", "--num-samples", "0"], capsys, "--num-samples")
     _fails(["--dataset", "synthetic", "--gpus-per-trial", "-1"], capsys, "--gpus-per-trial")

@@ -45,6 +45,8 @@ def test_trial_config_overrides_the_search_base():
         ({"lr": {"type": "gaussian", "low": 1, "high": 2}}, "type"),
         ({"nonsense": {"type": "uniform", "low": 0, "high": 1}}, "not a TrainConfig field"),
         ({"dense_attention": {"type": "categorical", "choices": []}}, "choices"),
+        ({"lr": {"type": "uniform", "low": -0.01, "high": -0.001}}, "positive"),
+        ({"num_attributes": {"type": "int", "low": 0, "high": 5}}, "k >= 1"),
     ],
 )
 def test_malformed_spaces_name_the_entry(space, match):
