@@ -392,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
             raise
         raise InputError(
             f"--tracking-uri {state.tracking_uri}: the tracking store became unreachable during the search "
-            f"({type(err).__name__}); the search folder keeps its state: once the store is back, resume with "
+            f"({type(err).__name__}); the search's state is kept: once the store is back, resume with "
             f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
         ) from err
     finally:

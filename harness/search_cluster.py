@@ -8,6 +8,7 @@ checked with a plain TCP connect under a timeout, so an unreachable cluster is o
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -75,6 +76,12 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             raise InputError(f"--address {address}: could not join the Ray cluster ({err})") from err
+    if not verbose:
+        # Tune logs every failed trial and callback error with its traceback; the search records
+        # them (trials table, MLflow tags, a failed count on the progress bar) and ends with one
+        # line when it cannot go on. --verbose shows Ray's own logs.
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return dict(ray.cluster_resources())
 
 

@@ -76,6 +76,7 @@ class ProgressCallback(tune.Callback):
     def __init__(self, total: int, label: str) -> None:
         self.total, self.label = total, label
         self.best = -math.inf
+        self.failed = 0
         self._bar = None
 
     def __getstate__(self) -> dict:  # the bar is not part of the experiment state
@@ -92,9 +93,12 @@ class ProgressCallback(tune.Callback):
         value = (trial.last_result or {}).get(METRIC)
         if ok and isinstance(value, int | float) and math.isfinite(value):
             self.best = max(self.best, float(value))
+        self.failed += 0 if ok else 1
         self._bar.update(1)
-        if self.best > -math.inf:
-            self._bar.set_postfix(best_val_H=f"{self.best:.4f}")
+        postfix = {"best_val_H": f"{self.best:.4f}"} if self.best > -math.inf else {}
+        if self.failed:
+            postfix["failed"] = self.failed
+        self._bar.set_postfix(postfix)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._tick(trial, True)
