@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.config import TrainConfig
 from harness.data.registry import list_datasets
-from harness.errors import InputError, run_cli
+from harness.errors import InputError, OneLineArgumentParser, run_cli
 from harness.methods import list_methods
 from harness.train import fit, resolve_dataset
 
@@ -134,7 +134,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.compare",
+    p = OneLineArgumentParser(prog="python -m harness.compare",
                                 description="Final-stage fits of several models over seeds; a Markdown table.")
     p.add_argument("--dataset", default="synthetic", help=f"one of: {', '.join(list_datasets())}")
     p.add_argument("--models", default="eszsl,devise,dazle", help=f"comma-separated, from: {', '.join(list_methods())}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -10,6 +11,15 @@ EXIT_BAD_INPUT = 2
 
 class InputError(Exception):
     """A user-supplied file, option or value is wrong; the message names it and what was expected."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line ('<prog>: error: ...') and exit 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        prog = self.prog.removeprefix("python -m ")
+        print(f"{prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def run_cli(main: Callable[[], int], prog: str) -> int:

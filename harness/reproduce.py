@@ -25,10 +25,10 @@ from harness import reproduce_tables as tables
 from harness import tracking
 from harness.data.base import GZSLDataset
 from harness.data.registry import UnknownDatasetError, list_datasets, load_dataset
-from harness.errors import InputError, run_cli
-from harness.reproduce_runner import ClusterOptions, GridTracker, Outcome, run_grid
+from harness.errors import InputError, OneLineArgumentParser, run_cli
+from harness.reproduce_runner import ClusterOptions, GridTracker, Outcome, run_grid, start_ray
 from harness.reproduce_tuned import TunedConfig, apply_tuned, load_tuned, pick
-from harness.search_cluster import check_address
+from harness.search_cluster import check_address, check_cluster_capacity
 
 # How to build each real dataset's feature cache, and the synthetic stand-in to try instead.
 PREPARE = {
@@ -49,7 +49,7 @@ TARGETS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.reproduce",
+    p = OneLineArgumentParser(prog="python -m harness.reproduce",
                                 description="Reproduce the DAZLE paper's tables and Figure 4 beside the published numbers.")
     sub = p.add_subparsers(dest="target", required=True, metavar="{table2,table3,table4,fig4}")
     for name, (summary, dataset, seeds) in TARGETS.items():
@@ -124,6 +124,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--num-cpus: got {args.num_cpus}, expected at least 1")
     if args.address and args.num_cpus:
         raise InputError("--num-cpus: only for the local Ray; a cluster joined with --address has its own")
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: is a file; expected a folder for the tables")
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise InputError(f"--out {out}: {existing} is not writable; expected a writable folder")
 
 
 # ---------------------------------------------------------------- outputs
@@ -303,7 +310,16 @@ def main(args: argparse.Namespace) -> int:
               "word_vectors": args.word_vectors}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
     runner = run_fig4 if args.target == "fig4" else run_table
-    report, payload, failures = runner(args, common, tuned, cluster, uri, started)
+    # Ray first, and a trial that no node could ever host is an error now, not an endless wait.
+    started_ray = start_ray(cluster)
+    try:
+        check_cluster_capacity(cluster, args.address or "the local Ray")
+        report, payload, failures = runner(args, common, tuned, cluster, uri, started)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     print(report, end="")
     if failures:
         print(f"{failures} fit(s) failed; their rows show 'failed' and their child runs are marked FAILED",

@@ -25,7 +25,7 @@ from harness.data.registry import list_datasets, load_dataset
 from harness.data.sampling import ClassBalancedSampler
 from harness.data.semantics import select_attributes
 from harness.data.splits import ProtocolView, make_view
-from harness.errors import InputError, run_cli
+from harness.errors import InputError, OneLineArgumentParser, run_cli
 from harness.features.loader import PrefetchingBatches
 from harness.methods import MethodSpec, ZSLMethod, build_method, list_methods
 from harness.metrics import (
@@ -316,7 +316,7 @@ def fit(
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m harness.train", description="Train and evaluate one model once.")
+    p = OneLineArgumentParser(prog="python -m harness.train", description="Train and evaluate one model once.")
     p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(list_datasets())}")
     p.add_argument("--model", default=d.model, help=f"one of: {', '.join(list_methods())}")
     p.add_argument("--stage", choices=["search", "final"], default=d.stage,
@@ -371,7 +371,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    result = fit(config, progress=True)
+    try:
+        result = fit(config, progress=True)
+    except DivergenceError as err:
+        print(f"harness.train: error: training diverged: {err} (--lr {config.lr:g}); "
+              "expected a finite loss: lower --lr", file=sys.stderr)
+        return 1
     short = {k.removeprefix("test_").removeprefix("val_"): v for k, v in result.metrics.items()}
     print(f"{config.model} on {config.dataset} ({config.stage} stage, seed {config.seed}, {result.seconds:.1f} s)")
     for key, value in result.metrics.items():

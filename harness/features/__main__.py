@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import InputError, run_cli
+from harness.errors import InputError, OneLineArgumentParser, run_cli
 from harness.features.store import DTYPES, parse_shard
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.features",
+    p = OneLineArgumentParser(prog="python -m harness.features",
                                 description="Build, import and inspect LMDB feature caches.")
     sub = p.add_subparsers(dest="command", required=True)
 
