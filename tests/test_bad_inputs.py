@@ -40,29 +40,6 @@ _PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[|it/s|img/s|step/s")
 _ROWS: list[tuple[str, str, str, int]] = []
 
 
-# ---------------------------------------------------------------- known bugs in other files (reported to the lead)
-# Each is xfail(strict=True): when the fix lands the test passes, XPASS fails, and the mark must go.
-ARGPARSE_TWO_LINES = pytest.mark.xfail(strict=True, reason=(
-    "argparse prints a usage line before its error line (2 lines on stderr); fix: a parser class whose "
-    "error() prints only '<prog>: error: <message>' and exits 2, used by every CLI"))
-SPACE_CHECKED_LATE = pytest.mark.xfail(strict=True, reason=(
-    "harness/search.py resolves the search space inside search_model(), after Ray, the MLflow store and "
-    "the search folder are created: the bad space leaves search.json + mlflow.db and 3 extra stderr lines; "
-    "fix: resolve every model's space in main() before init_ray/state.save"))
-SPACE_NOT_VALIDATED = pytest.mark.xfail(strict=True, reason=(
-    "harness/search_space.py _check() does not validate bounds with TrainConfig.validate(): a space "
-    "allowing lr <= 0 starts Ray and fails every trial at run time (exit 1)"))
-SEARCH_GPU_HANG = pytest.mark.xfail(strict=True, reason=(
-    "harness/search.py: --gpus-per-trial larger than any node's GPUs makes Tune wait forever "
-    "(insufficient resources warnings every 60 s); fix: compare with ray.nodes() right after init_ray"))
-REPRODUCE_OUT_LATE = pytest.mark.xfail(strict=True, reason=(
-    "harness/reproduce.py writes --out only after the whole grid ran: a read-only --out is a traceback "
-    "(OSError, exit 1) after all the fitting; fix: check --out is writable in _check_args"))
-REPRODUCE_GPU_HANG = pytest.mark.xfail(strict=True, reason=(
-    "harness/reproduce_runner.py: --gpus-per-trial larger than any node's GPUs waits forever for "
-    "resources, with a RUNNING parent run; fix: check node capacity in start_ray, before GridTracker"))
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -555,7 +532,6 @@ def _cwd(pid: int) -> Path | None:
 
 
 @pytest.mark.slow
-@SPACE_CHECKED_LATE
 def test_search_space_with_unknown_key(work, tmp_path):
     env = _shadow_space(tmp_path, 'SPACE = {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}\n'
                                   "DEFAULTS = {}\n")
@@ -568,7 +544,6 @@ def test_search_space_with_unknown_key(work, tmp_path):
 
 
 @pytest.mark.slow
-@SPACE_NOT_VALIDATED
 def test_search_space_with_negative_learning_rate(work, tmp_path):
     env = _shadow_space(tmp_path, 'SPACE = {"lr": {"type": "uniform", "low": -0.01, "high": -0.001}}\n'
                                   'DEFAULTS = {"lr": -0.005}\n')
@@ -581,7 +556,6 @@ def test_search_space_with_negative_learning_rate(work, tmp_path):
 
 
 @pytest.mark.slow
-@SEARCH_GPU_HANG
 def test_search_more_gpus_per_trial_than_any_node(work, tmp_path):
     import torch
 
@@ -601,7 +575,6 @@ def test_search_more_gpus_per_trial_than_any_node(work, tmp_path):
 # ================================================================ harness.reproduce
 
 
-@ARGPARSE_TWO_LINES
 def test_reproduce_unknown_table(work, tmp_path):
     before = snapshot(tmp_path)
     r = run_cli(REPRODUCE, "table9", cwd=work)
@@ -642,7 +615,6 @@ def test_reproduce_tuned_source_missing(work, tmp_path):
 
 
 @pytest.mark.slow
-@REPRODUCE_OUT_LATE
 def test_reproduce_read_only_out_folder(work, tmp_path, read_only_folder):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
@@ -661,7 +633,6 @@ def test_reproduce_read_only_out_folder(work, tmp_path, read_only_folder):
 
 
 @pytest.mark.slow
-@REPRODUCE_GPU_HANG
 def test_reproduce_more_gpus_per_trial_than_any_node(work, tmp_path):
     import torch
 

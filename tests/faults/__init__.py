@@ -372,6 +372,7 @@ class RayTrial:
     iterations: int
     num_failures: int
     diverged: bool
+    error: str = ""  # the last line of Ray's error file, for failed trials
 
 
 def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
@@ -382,9 +383,14 @@ def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
     out = {}
     for t in analysis.trials:
         last = t.last_result or {}
+        error = ""
+        path = Path(t.path or "") / "error.txt"
+        if path.is_file():
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+            error = lines[-1] if lines else ""
         out[t.trial_id] = RayTrial(t.trial_id, t.status, dict(t.config), last.get("val_H"),
                                    int(last.get("training_iteration", 0) or 0), int(t.num_failures),
-                                   bool(last.get("diverged")))
+                                   bool(last.get("diverged")), error)
     return out
 
 
@@ -425,7 +431,8 @@ def check_search_records(storage: Path, uri: str, num_samples: int, model: str =
 
     # Ray: num_samples trials, all ended normally.
     assert len(ray) == num_samples, {t.trial_id: t.status for t in ray.values()}
-    assert all(t.status == "TERMINATED" for t in ray.values()), {t.trial_id: t.status for t in ray.values()}
+    assert all(t.status == "TERMINATED" for t in ray.values()), \
+        {t.trial_id: (t.status, t.num_failures, t.error) for t in ray.values()}
 
     # Optuna: one COMPLETE trial per Ray trial, same parameters and value; nothing left RUNNING.
     states = [t.state for t in opt]

@@ -64,10 +64,6 @@ def test_fit_raises_divergence_error_naming_epoch_and_step(tiny_synthetic):
     assert not reports, "a pass was reported after the loss had become non-finite"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "harness/train.py main() lets DivergenceError escape run_cli: a traceback, exit 1; fix: catch it in "
-    "main() and print one line 'harness.train: error: training diverged: loss became nan at epoch E, step S "
-    "(--lr ...); expected a finite loss: lower --lr' and return 1"))
 def test_train_cli_divergence_is_one_line_naming_epoch_and_step(tmp_path):
     r = run_cli("harness.train", "--lr", str(HUGE_LR), "--stage", "search", "--epochs", "2", cwd=tmp_path)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
