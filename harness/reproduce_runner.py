@@ -87,6 +87,7 @@ def start_ray(cluster: ClusterOptions) -> bool:
         if cluster.address:
             ray.init(address=cluster.address, **quiet)
         else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private instance: no token file
             ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count() or 1, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"--address {cluster.address}" if cluster.address else "local Ray"

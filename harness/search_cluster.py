@@ -70,6 +70,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     kwargs = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
               "logging_level": "INFO" if verbose else "WARNING"}
     if address is None:
+        # A private instance needs no token; without this Ray 2.60 writes ~/.ray/auth_token, after
+        # which `ray start --head` on this machine turns token auth on and refuses workers.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
     else:
         try:
