@@ -10,10 +10,12 @@ Where the paper is silent the authors' released code decides: region features an
 semantic rows are L2-normalised, V starts from L2-normalised word vectors, W_e ~ N(0, 1) and
 W_alpha = W_beta = 0 (uniform attention, beta = 0.5 at the start).
 
-Speed without changing the numbers: h_a is never built. Because e_a and beta_a are linear in
-h_a, e_a = sum_r alpha_{a,r} (v_a^T W_e f_r), so the three projections share one product of the
-stacked [W_alpha; W_e; W_beta] with the regions, contracted through whichever of the word-vector
-dimension D or the attribute count A is cheaper.
+Speed without changing the numbers (docs/performance.md): h_a is never built. Because e_a and
+beta_a are linear in h_a, e_a = sum_r alpha_{a,r} (v_a^T W_e f_r), so the three projections
+v_a^T W_k f_r share one product with the regions, laid out [F, B*R] for the whole batch, and
+are contracted through the word-vector dimension D when A > D, through A otherwise. The
+attention part has a hand-written backward; tests/test_dazle_equivalence.py holds all of it
+to a literal transcription of the equations (bench/reference_dazle.py).
 """
 
 from __future__ import annotations
@@ -244,8 +246,10 @@ class DAZLE(nn.Module):
         columns.copy_(features.transpose(0, 1))
         if features.dtype == dtype:
             norms = features.square().sum(1).sqrt_()  # [B, R]; faster here than vector_norm's kernel
-        else:  # float16 caches: accumulate in the parameters' precision, no overflow of the squares
+        elif torch.promote_types(features.dtype, dtype) == dtype:  # float16 caches: no overflow of the squares
             norms = torch.linalg.vector_norm(features, dim=1, dtype=dtype)
+        else:
+            norms = torch.linalg.vector_norm(features, dim=1).to(dtype)
         scale = norms.clamp_min_(1e-12).reciprocal_().view(-1)  # as F.normalize: x / max(|x|, eps)
         return columns.view(dim, batch * num_regions), scale
 

@@ -194,11 +194,14 @@ def test_auto_contraction_follows_the_cheaper_side():
         model(torch.rand(2, 16, 9))
 
 
-def test_half_precision_features_are_accepted():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_features_of_another_precision_are_accepted(dtype):
     """Feature caches store float16; the model normalises in its parameters' precision."""
     model = make_model(*SHAPES["A>D"])
-    x = torch.rand(3, 16, 9).half()
-    assert_rel(model(x).scores, model(x.float()).scores, "scores")
+    x = torch.rand(3, 16, 9).to(dtype)
+    out = model(x)
+    assert out.scores.dtype == torch.float32
+    assert_rel(out.scores, model(x.float()).scores, "scores")
 
 
 class _LargestTensor(TorchDispatchMode):
