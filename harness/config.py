@@ -54,6 +54,7 @@ class TrainConfig:
     reports_per_epoch: int = 1  # >1 reports validation several times an epoch (long DeepFashion epochs)
     eval_batch_size: int = 500
     device: str = "cpu"
+    amp: str = "none"  # "bf16": bfloat16 autocast for the model's products (GPU); softmax and losses stay fp32
     num_threads: int | None = None
     # Data location for real datasets
     data_root: str | None = None
@@ -80,6 +81,7 @@ class TrainConfig:
             ("margin", self.margin >= 0, "margin >= 0"),
             ("stage", self.stage in ("search", "final"), "'search' or 'final'"),
             ("reports_per_epoch", self.reports_per_epoch >= 1, "at least 1"),
+            ("amp", self.amp in ("none", "bf16"), "'none' or 'bf16'"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -120,9 +120,11 @@ def build_spec(view: ProtocolView, config: TrainConfig) -> tuple[MethodSpec, np.
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
     if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
     return tensor
 
 
@@ -335,6 +337,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrated-stacking", action="store_true",
                    help="also report GZSL with a seen-score shift chosen on validation classes")
     p.add_argument("--device", default=d.device)
+    p.add_argument("--amp", choices=["none", "bf16"], default=d.amp, help="bf16 autocast (GPU)")
     p.add_argument("--threads", dest="num_threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None, help="feature caches (default $HARNESS_CACHE or ./cache)")
@@ -363,7 +366,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig(
         dataset=args.dataset, model=args.model, stage=args.stage, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, **hyper,
-        calibrated_stacking=args.calibrated_stacking, device=args.device, num_threads=args.num_threads,
+        calibrated_stacking=args.calibrated_stacking, device=args.device, amp=args.amp, num_threads=args.num_threads,
         data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors,
     )
     return config.with_variant(args.variant).validate()

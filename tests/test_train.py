@@ -86,3 +86,12 @@ def test_cli_bad_input_exit_2_one_line(args, needle):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_bf16_autocast_trains_close_to_fp32(tiny_synthetic):
+    fp32 = fit(TrainConfig(epochs=2, seed=1), tiny_synthetic)
+    bf16 = fit(TrainConfig(epochs=2, seed=1, amp="bf16"), tiny_synthetic)
+    assert math.isfinite(bf16.metrics["loss"])
+    assert abs(bf16.metrics["loss"] - fp32.metrics["loss"]) < 0.05 * fp32.metrics["loss"]
+    with pytest.raises(ConfigError, match="--amp"):
+        TrainConfig(amp="fp8").validate()

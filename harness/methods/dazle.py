@@ -31,12 +31,17 @@ class DAZLEMethod:
             params, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
         )
 
+    def _autocast(self, features: Tensor):
+        """bf16 autocast when asked (--amp bf16): the GEMMs in bf16, softmax and loss in fp32."""
+        return torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16")
+
     def train_step(self, features: Tensor, labels: Tensor) -> dict[str, float]:
         self.module.train()
-        out = self.module(features)
+        with self._autocast(features):
+            out = self.module(features)
         m = self.module
         total, ce, cal = dazle_loss(
-            out.scores,
+            out.scores.float(),
             labels,
             margin=m.calibration_margin,
             seen_classes=m.seen_classes,
@@ -55,12 +60,14 @@ class DAZLEMethod:
     @torch.no_grad()
     def scores(self, features: Tensor) -> Tensor:
         self.module.eval()
-        return self.module(features).scores
+        with self._autocast(features):
+            return self.module(features).scores.float()
 
     @torch.no_grad()
     def attention(self, features: Tensor) -> Tensor:
         self.module.eval()
-        return self.module(features).attention
+        with self._autocast(features):
+            return self.module(features).attention.float()
 
     def prediction_margin(self) -> Tensor | None:
         # The margin belongs to self-calibration; the seen-only variant predicts on raw scores.
