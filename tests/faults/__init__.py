@@ -306,6 +306,12 @@ class Spawned:
         self.proc.poll()
 
 
+def trial_workers(spawned: Spawned) -> list[int]:
+    """PIDs of the Ray actors executing a Tune function trainable, in a search's process family."""
+    table = process_table()
+    return sorted(p for p in spawned.track() if p in table and table[p][2].startswith("ray::ImplicitFunc"))
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, spawned: Spawned | None = None):
     """Poll `predicate` until it returns a truthy value; fail naming `what` (and the process's stderr)."""
     deadline = time.monotonic() + timeout

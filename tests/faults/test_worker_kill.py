@@ -14,9 +14,9 @@ from faults import (
     Spawned,
     kill_pids,
     mlflow_records,
-    process_table,
     ray_trials,
     searcher_trials,
+    trial_workers,
     try_mlflow_records,
     wait_until,
 )
@@ -24,12 +24,6 @@ from faults import (
 pytestmark = pytest.mark.slow
 SEARCH = "harness.search"
 EPOCHS = 3
-
-
-def trial_workers(spawned: Spawned) -> list[int]:
-    """PIDs of the Ray actors executing a Tune function trainable, in the search's process family."""
-    table = process_table()
-    return sorted(p for p in spawned.track() if p in table and table[p][2].startswith("ray::ImplicitFunc"))
 
 
 def test_trial_worker_killed_is_retried_and_the_retry_recorded(tmp_path, fault_log):
