@@ -212,7 +212,9 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     tags["feature_cache_id"] = dataset.feature_cache_id
     ref = open_trial_run(ctx, trial_id, config, tags, previous)
     step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
-    logged_up_to = tracking.max_metric_step(ref, "val_H") if done_iterations else None
+    # A reopened run may hold epochs beyond the last checkpoint (Ray's snapshot can lag MLflow):
+    # never log a step twice.
+    logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
     iteration = 0
 
     def report(record: dict[str, float]) -> None:
