@@ -54,6 +54,8 @@ def _convert(name: str, raw: object, kind: object) -> object:
     args = typing.get_args(kind)  # (int, NoneType) for `int | None`
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), kind) if args else kind
+    if base is str and not optional and isinstance(raw, str):
+        return raw  # a plain string field (e.g. amp='none'): 'none' is a value, not a missing one
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "default", "all", "")):
         if optional:
             return None
