@@ -86,7 +86,7 @@ def outage(tmp_path_factory):
     storage = folder / "search"
     env = cli_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
     search = Spawned(SEARCH, "--dataset", "synthetic", "--model", "dazle", "--num-samples", str(NUM_SAMPLES),
-                     "--epochs", "3", "--final-seeds", "0", "--max-concurrent", "1", "--cpus-per-trial", "1",
+                     "--epochs", "10", "--final-seeds", "0", "--max-concurrent", "1", "--cpus-per-trial", "1",
                      "--seed", "0", "--storage", storage, "--tracking-uri", server.url, cwd=folder, env=env,
                      name="search")
     try:

@@ -23,7 +23,7 @@ from faults import (
 
 pytestmark = pytest.mark.slow
 SEARCH = "harness.search"
-EPOCHS = 3
+EPOCHS = 10  # a window of several epochs in which the worker is killed mid-trial
 
 
 def test_trial_worker_killed_is_retried_and_the_retry_recorded(tmp_path, fault_log):
