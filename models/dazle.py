@@ -83,6 +83,7 @@ class _DenseAttentionScores(torch.autograd.Function):
             alpha = torch.softmax(p[0], dim=-1)  # eq. 2
             scores = torch.einsum("kabr,abr->kab", p[1:], alpha)  # [K-1, A, B]: sum_r alpha P_k
         ctx.through_word_dim, ctx.dtype, ctx.input_dtypes = through_word_dim, dtype, (regions.dtype, V.dtype)
+        ctx.set_materialize_grads(False)  # alpha is rarely in the loss: no [A, B, R] of zeros to fill and read
         ctx.save_for_backward(x, scale, v, alpha, p, scores, inner, *ws)
         return alpha, scores
 
