@@ -7,18 +7,29 @@ The trial
    classes, never a test index), so nothing the trial runs can read a test image;
 3. opens (or, when Ray retries or a search resumes it, reopens) its own MLflow child run, keyed by
    the Ray trial id, and logs parameters, tags and per-epoch validation metrics;
-4. calls harness.train.fit(stage="search") and reports every validation pass to Ray Tune with a
-   checkpoint, so ASHA can stop it and a restored trial knows where it was.
+4. calls harness.train.fit(stage="search"), logs every validation pass to MLflow and reports to
+   Ray Tune the passes at which ASHA decides (its rungs, `report_passes`) and the last one, each
+   report carrying the pass count as `pass`, ASHA's time attribute; a report takes a checkpoint
+   at most every `checkpoint_interval_s` seconds, so a restored trial knows where it was.
 
 Resuming a trial replays training deterministically from the start (fit is seeded) and reports
-only the passes after its checkpoint; fit() has no hook to load a model mid-run yet.
+only the passes after its checkpoint; fit() has no hook to load a model mid-run yet. The
+checkpoint holds only the pass count, so a sparser one costs a restored trial nothing but a few
+passes reported to Tune again (MLflow never logs a step twice, see `report`). Per-pass metrics
+reach MLflow in one batch at most every `metrics_interval_s` seconds, and always before a
+checkpoint and at the run's end. Every Tune report is a round trip to the driver; on short
+trials, a report, a checkpoint and an MLflow write on every pass cost two concurrent trials
+about a third of their throughput (bench/search.py, docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +45,7 @@ from harness.train import DivergenceError, fit, resolve_dataset
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
 STATE_FILE = "trial_state.json"
+PASS = "pass"  # the validation passes a trial has run, in every Tune report: ASHA's time attribute
 
 
 class FeatureCacheError(RuntimeError):
@@ -51,6 +63,10 @@ class TrialContext:
     git_commit: str
     paper_point: dict[str, Any] = field(default_factory=dict)
     search_name: str = ""
+    checkpoint_interval_s: float = 10.0  # seconds between a trial's checkpoints (0: on every report)
+    # Passes reported to Tune besides the last (ASHA's rungs; the plan fills it in); None: every pass.
+    report_passes: tuple[int, ...] | None = None
+    metrics_interval_s: float = 2.0  # seconds between a trial's MLflow metric batches (0: every pass)
 
 
 # ---------------------------------------------------------------- data on this node
@@ -165,10 +181,10 @@ def replay_finished(run, done_iterations: int, tracking_uri: str) -> None:
     histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
                  for k in (*REPORTED_METRICS, "epoch")}
     steps = sorted(histories["val_H"])
-    for step in steps[done_iterations:]:
-        tune.report({**{k: h[step] for k, h in histories.items() if step in h}, "diverged": 0.0})
+    for index, step in enumerate(steps[done_iterations:], start=done_iterations + 1):
+        tune.report({**{k: h[step] for k, h in histories.items() if step in h}, PASS: index, "diverged": 0.0})
     if run.data.tags.get("failure_reason") == "diverged":
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0, PASS: len(steps) + 1,
                      "diverged_step": float(run.data.tags.get("diverged_step", 0)),
                      "error": run.data.tags.get("error", "diverged")})
 
@@ -185,7 +201,7 @@ def _read_state(checkpoint) -> dict[str, Any]:
 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
-    """Ray Tune function trainable: one configuration, reported every validation pass."""
+    """Ray Tune function trainable: one configuration, logged every validation pass, reported at ASHA's rungs."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -216,9 +232,15 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # never log a step twice.
     logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
     iteration = 0
+    last_pass = config.epochs * config.reports_per_epoch
+    last_checkpoint = -math.inf
+    unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
+    # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a
+    # restored trial that skips the passes up to its checkpoint never leaves a hole.
+    metrics_out = tracking.MetricBuffer(ref, ctx.metrics_interval_s)
 
     def report(record: dict[str, float]) -> None:
-        nonlocal iteration
+        nonlocal iteration, last_checkpoint, unreported
         iteration += 1
         if iteration <= done_iterations:  # replayed pass, already reported before the restore
             return
@@ -226,33 +248,52 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         metrics["epoch"] = float(record["epoch"])
         step = int(record["epoch"]) if step_key == "epoch" else iteration
         if logged_up_to is None or step > logged_up_to:
-            tracking.log_metrics(ref, metrics, step=step)
+            metrics_out.add(metrics, step=step)
+        result = {**metrics, PASS: iteration, "diverged": 0.0}
+        if ctx.report_passes is not None and iteration not in ctx.report_passes and iteration < last_pass:
+            unreported = result
+            return  # nothing decides on this pass: no round trip to the driver
+        unreported = {}
+        now = time.monotonic()
+        if now - last_checkpoint < ctx.checkpoint_interval_s:
+            tune.report(result)
+            return
+        last_checkpoint = now
+        metrics_out.flush()
         with tempfile.TemporaryDirectory() as folder:
             state = {"iteration": iteration, "epoch": record["epoch"], "step": record["step"], "run_id": ref.run_id}
             (Path(folder) / STATE_FILE).write_text(json.dumps(state))
-            tune.report({**metrics, "diverged": 0.0}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         result = fit(config, dataset, reporter=report)
         check_sealed(result.view, forbidden)
+        if unreported:  # fit ended before the planned last pass: Tune still gets the final metrics
+            tune.report(unreported)
     except DivergenceError as err:
         # A NaN loss is a property of the configuration: record it as failed, do not retry it.
+        metrics_out.flush()
         tracking.set_tags(ref, {"failure_reason": "diverged", "error": str(err), "diverged_epoch": err.epoch,
                                 "diverged_step": err.step})
         tracking.end_run(ref, "FAILED")
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0, PASS: iteration + 1,
                      "diverged_step": float(err.step), "error": str(err)})
         return
     except SystemExit:
         # Tune stops a trial by raising SystemExit inside tune.report: ASHA stopping it early (the
         # driver's callback then ends the run FINISHED) or the search being interrupted (the run
         # is ended KILLED, and a resumed search continues it). Only the driver knows which.
+        with contextlib.suppress(Exception):  # tracking down: the stop must still go through
+            metrics_out.flush()
         raise
     except BaseException as err:
+        with contextlib.suppress(Exception):  # the error to record is `err`, not a second one
+            metrics_out.flush()
         tracking.set_tags(ref, {"error": f"{type(err).__name__}: {err}"[:5000], "failure_reason": type(err).__name__})
         tracking.end_run(ref, "FAILED")
         raise
     extra = {k: v for k, v in result.metrics.items() if k not in REPORTED_METRICS}
-    tracking.log_metrics(ref, extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
+    metrics_out.add(extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
+    metrics_out.flush()
     tracking.set_tags(ref, {"stopped_early": "false", "fit_seconds": f"{result.seconds:.2f}"})
     tracking.end_run(ref, "FINISHED")

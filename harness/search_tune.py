@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,15 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from harness import tracking
 from harness.search_space import ResolvedSpace, same_point
-from harness.search_trial import TrialContext, run_trial
+from harness.search_trial import PASS, TrialContext, run_trial
 
 METRIC, MODE = "val_H", "max"
+
+
+def passes_done(result: dict | None) -> int:
+    """Validation passes a trial had run at this result (Tune's own count is of reports only)."""
+    result = result or {}
+    return int(result.get(PASS, result.get("training_iteration", 0)) or 0)
 
 
 class PaperFirstASHA(ASHAScheduler):
@@ -57,7 +63,7 @@ class TrialRunsCallback(tune.Callback):
         return [tracking.RunRef(self.tracking_uri, self.experiment_id, r.info.run_id) for r in runs]
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        iterations = int((trial.last_result or {}).get("training_iteration", 0) or 0)
+        iterations = passes_done(trial.last_result)
         for ref in self._runs(trial):
             tracking.set_tags(ref, {"ended_by": "driver: trial complete",
                                     "stopped_early": str(iterations < self.max_t).lower()})
@@ -128,6 +134,12 @@ def trial_error(trial) -> str:
     return last_line(text) or "unknown error"
 
 
+def rung_passes(max_t: int, grace: int, reduction_factor: int) -> tuple[int, ...]:
+    """The passes at which ASHA (one bracket) decides: grace * rf^k up to max_t, as Ray computes them."""
+    rungs = int(math.log(max_t / grace) / math.log(reduction_factor) + 1)
+    return tuple(sorted(grace * reduction_factor ** k for k in range(rungs)))
+
+
 def grace_period(max_t: int) -> int:
     """ASHA's first rung: a fifth of a trial's reports (epoch 4 of 20), at least one."""
     return max(1, min(max_t, math.ceil(max_t / 5)))
@@ -156,13 +168,19 @@ class TunePlan:
         return grace_period(self.max_t)
 
     @property
+    def report_passes(self) -> tuple[int, ...]:
+        """The passes a trial reports to Tune besides its last: ASHA's rungs, none without ASHA."""
+        return rung_passes(self.max_t, self.grace_period, self.reduction_factor) if self.early_stopping else ()
+
+    @property
     def experiment_path(self) -> Path:
         return self.storage / self.name
 
 
 def trainable(plan: TunePlan):
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=plan.context), resources)
+    ctx = replace(plan.context, report_passes=plan.report_passes)
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
 
 def searcher(plan: TunePlan):
@@ -184,7 +202,7 @@ def _trial_dirname(trial) -> str:
 
 def build_tuner(plan: TunePlan) -> tune.Tuner:
     scheduler = PaperFirstASHA(
-        plan.space.defaults, time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=plan.max_t,
+        plan.space.defaults, time_attr=PASS, metric=METRIC, mode=MODE, max_t=plan.max_t,
         grace_period=plan.grace_period, reduction_factor=plan.reduction_factor,
         stop_last_trials=False,  # a trial that reaches max_t ends by itself, with its final metrics
     ) if plan.early_stopping else None
@@ -237,7 +255,7 @@ def collect(results, plan: TunePlan) -> list[TrialRecord]:
     for result in results:
         metrics = dict(result.metrics or {})
         params = {k: v for k, v in (result.config or {}).items() if k in plan.space.params}
-        iterations = int(metrics.get("training_iteration", 0) or 0)
+        iterations = passes_done(metrics)
         trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
         if result.error is not None:
             status, error = "failed", last_line(str(result.error)) or type(result.error).__name__

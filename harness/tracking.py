@@ -151,20 +151,58 @@ def log_params(ref: RunRef, params: Mapping[str, object]) -> None:
         ref.client.log_batch(ref.run_id, params=items[start : start + 100])
 
 
-def log_metrics(ref: RunRef, metrics: Mapping[str, float], step: int | None = None) -> None:
+def _metric_items(metrics: Mapping[str, float], step: int | None) -> list:
     import math
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [
+    return [
         Metric(k, float(v), now, int(step or 0))
         for k, v in metrics.items()
         if isinstance(v, int | float) and math.isfinite(float(v))
     ]
+
+
+def log_metrics(ref: RunRef, metrics: Mapping[str, float], step: int | None = None) -> None:
+    items = _metric_items(metrics, step)
     if items:
         ref.client.log_batch(ref.run_id, metrics=items)
+
+
+class MetricBuffer:
+    """Per-pass metrics of one run, written in one MLflow batch at most every `interval_s` seconds.
+
+    A log_batch costs a short trial's process about 6 ms of CPU (SQLite) per call; once per
+    validation pass it was an eighth of a synthetic trial's time. The first add() is written at
+    once, so a new run shows its first pass; `flush()` writes the rest and must run before any
+    record that claims the metrics are stored (a trial's checkpoint, the run's end).
+    """
+
+    MAX_ITEMS = 900  # MLflow takes at most 1000 metrics per batch
+
+    def __init__(self, ref: RunRef, interval_s: float) -> None:
+        self.ref, self.interval_s = ref, interval_s
+        self._pending: list = []
+        self._last_flush: float | None = None
+
+    def add(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        self._pending.extend(_metric_items(metrics, step))
+        due = self._last_flush is None or time.monotonic() - self._last_flush >= self.interval_s
+        if due or len(self._pending) >= self.MAX_ITEMS:
+            self.flush()
+
+    def flush(self) -> None:
+        import time
+
+        while self._pending:
+            batch = self._pending[: self.MAX_ITEMS]
+            self.ref.client.log_batch(self.ref.run_id, metrics=batch)
+            del self._pending[: len(batch)]
+        self._last_flush = time.monotonic()
 
 
 def set_tags(ref: RunRef, tags: Mapping[str, object]) -> None:

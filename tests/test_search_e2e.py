@@ -187,6 +187,12 @@ def test_search_on_two_nodes_logs_every_trial_to_the_mlflow_server(stack, tmp_pa
             assert history == steps
     assert sum(r.data.tags.get("paper_config") == "true" for r in trials) == 1
 
+    # MLflow has every pass; Tune only the passes where ASHA decides (rungs 1 and 3 of 3), not pass 2.
+    reported = [[json.loads(line)["pass"] for line in path.read_text().splitlines() if line.strip()]
+                for path in (tmp_path / "s").rglob("result.json")]
+    assert len(reported) == 4 and all(passes in ([1], [1, 3]) for passes in reported), reported
+    assert any(passes == [1, 3] for passes in reported)
+
     assert len(finals) == 1 and finals[0].info.status == "FINISHED"
     for metric in ("test_acc_seen", "test_acc_unseen", "test_H", "test_zsl_top1", "test_ausuc"):
         assert metric in finals[0].data.metrics

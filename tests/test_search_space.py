@@ -107,3 +107,17 @@ def test_paper_configuration_is_never_stopped_early():
         assert scheduler.on_trial_result(None, trial, {"training_iteration": 1, "val_H": 0.9}) == "CONTINUE"
     assert scheduler.on_trial_result(None, weak, {"training_iteration": 1, "val_H": 0.0}) == "STOP"
     assert scheduler.on_trial_result(None, paper_trial, {"training_iteration": 1, "val_H": 0.0}) == "CONTINUE"
+
+
+@pytest.mark.parametrize("max_t", [1, 2, 3, 5, 10, 20, 27, 100])
+def test_trials_report_exactly_at_the_passes_where_asha_decides(max_t):
+    """Trials report to Tune only at ASHA's rungs (and their last pass): the rungs must be Ray's own."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from harness.search_tune import grace_period, rung_passes
+
+    grace = grace_period(max_t)
+    asha = ASHAScheduler(time_attr="pass", metric="val_H", mode="max", max_t=max_t, grace_period=grace,
+                         reduction_factor=3)
+    assert rung_passes(max_t, grace, 3) == tuple(sorted(milestone for milestone, _ in asha._brackets[0]._rungs))
+    assert all(1 <= p <= max_t for p in rung_passes(max_t, grace, 3))

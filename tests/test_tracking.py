@@ -69,3 +69,33 @@ def test_check_tracking_fails_fast_with_one_line(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         tracking.check_tracking(f"sqlite:///{tmp_path / 'missing' / 'm.db'}")
     tracking.check_tracking(f"sqlite:///{Path(tmp_path) / 'ok.db'}")
+
+
+def test_metric_buffer_writes_the_first_pass_at_once_then_in_batches(store):
+    uri, exp = store
+    ref = tracking.start_run(uri, exp, "trial")
+    client = tracking._client(uri)
+    buffer = tracking.MetricBuffer(ref, interval_s=3600.0)
+
+    buffer.add({"val_H": 0.1}, step=1)  # the first pass shows at once
+    assert [m.step for m in client.get_metric_history(ref.run_id, "val_H")] == [1]
+    buffer.add({"val_H": 0.2}, step=2)
+    buffer.add({"val_H": 0.3, "loss": float("nan")}, step=3)  # within the interval: held back
+    assert [m.step for m in client.get_metric_history(ref.run_id, "val_H")] == [1]
+
+    buffer.flush()
+    history = client.get_metric_history(ref.run_id, "val_H")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert client.get_metric_history(ref.run_id, "loss") == []  # non-finite values are dropped, as log_metrics
+
+
+def test_metric_buffer_splits_what_exceeds_one_mlflow_batch(store):
+    uri, exp = store
+    ref = tracking.start_run(uri, exp, "trial")
+    buffer = tracking.MetricBuffer(ref, interval_s=3600.0)
+    buffer.add({"x": 0.0}, step=0)
+    for step in range(1, 1300):  # more than one batch's 1000 metrics, with no time-based flush
+        buffer.add({"x": float(step)}, step=step)
+    buffer.flush()
+    steps = [m.step for m in tracking._client(uri).get_metric_history(ref.run_id, "x")]
+    assert sorted(steps) == list(range(1300))

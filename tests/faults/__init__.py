@@ -375,7 +375,7 @@ class RayTrial:
     status: str  # TERMINATED | ERROR | RUNNING | PENDING | PAUSED
     config: dict
     val_H: float | None
-    iterations: int
+    iterations: int  # validation passes run (the trial reports them as `pass`; Tune counts reports only)
     num_failures: int
     diverged: bool
     error: str = ""  # the last line of Ray's error file, for failed trials
@@ -384,6 +384,8 @@ class RayTrial:
 def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
     """Ray Tune's view of an experiment folder (its saved experiment state)."""
     from ray.tune import ExperimentAnalysis
+
+    from harness.search_tune import passes_done
 
     analysis = ExperimentAnalysis(str(experiment_path))
     out = {}
@@ -395,7 +397,7 @@ def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
             lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
             error = lines[-1] if lines else ""
         out[t.trial_id] = RayTrial(t.trial_id, t.status, dict(t.config), last.get("val_H"),
-                                   int(last.get("training_iteration", 0) or 0), int(t.num_failures),
+                                   passes_done(last), int(t.num_failures),
                                    bool(last.get("diverged")), error)
     return out
 
