@@ -161,15 +161,18 @@ class TunePlan:
     max_t: int  # reports per trial at full length (epochs * reports_per_epoch)
     max_failures: int = 2
     reduction_factor: int = 3
-    early_stopping: bool = True  # False: every trial runs max_t reports (fixed work, for benchmarks)
+    early_stopping: bool = True  # False: every trial runs max_t passes (fixed work, for benchmarks)
+    report_every_pass: bool = False  # True: every pass goes to Tune (the earlier behaviour, for benchmarks)
 
     @property
     def grace_period(self) -> int:
         return grace_period(self.max_t)
 
     @property
-    def report_passes(self) -> tuple[int, ...]:
+    def report_passes(self) -> tuple[int, ...] | None:
         """The passes a trial reports to Tune besides its last: ASHA's rungs, none without ASHA."""
+        if self.report_every_pass:
+            return None
         return rung_passes(self.max_t, self.grace_period, self.reduction_factor) if self.early_stopping else ()
 
     @property
