@@ -66,6 +66,7 @@ class TrialContext:
     checkpoint_interval_s: float = 10.0  # seconds between a trial's checkpoints (0: on every report)
     # Passes reported to Tune besides the last (ASHA's rungs; the plan fills it in); None: every pass.
     report_passes: tuple[int, ...] | None = None
+    last_pass: int | None = None  # passes of a full-length trial (the plan's max_t), None if unknown
     metrics_interval_s: float = 2.0  # seconds between a trial's MLflow metric batches (0: every pass)
 
 
@@ -232,7 +233,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # never log a step twice.
     logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
     iteration = 0
-    last_pass = config.epochs * config.reports_per_epoch
+    last_pass = ctx.last_pass if ctx.last_pass is not None else math.inf  # unknown: reported after fit()
     last_checkpoint = -math.inf
     unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
     # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a

@@ -324,3 +324,21 @@ def test_diverging_trial_is_failed_once_and_a_failing_trial_is_retried(stack, tm
     assert failed.info.status == "FAILED"
     assert "num-attributes" in failed.data.tags["error"]
     assert failed.data.tags["attempts"] == "2"  # retried once (max_failures=1), same run reopened
+
+
+def test_search_with_the_dataset_default_epochs_runs_like_the_newcomer_demo(tmp_path):
+    """No --epochs, as `bash scripts/demo.sh` runs it: trials learn their length from the plan."""
+    from harness.data.synthetic import PRESETS
+
+    storage = tmp_path / "s"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.search", "--dataset", "synthetic", "--num-samples", "2", "--final-seeds",
+         "0", "--max-concurrent", "1", "--cpus-per-trial", "1", "--storage", str(storage),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json"],
+        cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(storage)
+    epochs = PRESETS["synthetic"].default_epochs
+    assert len(rows) == 2 and all(r["status"] in ("completed", "stopped early") for r in rows), rows
+    assert any(r["status"] == "completed" and int(r["iterations"]) == epochs for r in rows), rows
