@@ -66,7 +66,6 @@ class TrialContext:
     checkpoint_interval_s: float = 10.0  # seconds between a trial's checkpoints (0: on every report)
     # Passes reported to Tune besides the last (ASHA's rungs; the plan fills it in); None: every pass.
     report_passes: tuple[int, ...] | None = None
-    last_pass: int | None = None  # passes of a full-length trial (the plan's max_t), None if unknown
     metrics_interval_s: float = 2.0  # seconds between a trial's MLflow metric batches (0: every pass)
 
 
@@ -233,7 +232,6 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # never log a step twice.
     logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
     iteration = 0
-    last_pass = ctx.last_pass if ctx.last_pass is not None else math.inf  # unknown: reported after fit()
     last_checkpoint = -math.inf
     unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
     # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a
@@ -251,9 +249,9 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         if logged_up_to is None or step > logged_up_to:
             metrics_out.add(metrics, step=step)
         result = {**metrics, PASS: iteration, "diverged": 0.0}
-        if ctx.report_passes is not None and iteration not in ctx.report_passes and iteration < last_pass:
+        if ctx.report_passes is not None and iteration not in ctx.report_passes:
             unreported = result
-            return  # nothing decides on this pass: no round trip to the driver
+            return  # nothing decides on this pass: no round trip to the driver (the last goes after fit)
         unreported = {}
         now = time.monotonic()
         if now - last_checkpoint < ctx.checkpoint_interval_s:
@@ -269,7 +267,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     try:
         result = fit(config, dataset, reporter=report)
         check_sealed(result.view, forbidden)
-        if unreported:  # fit ended before the planned last pass: Tune still gets the final metrics
+        if unreported:  # the last pass, unless it was a rung: Tune gets the final metrics
             tune.report(unreported)
     except DivergenceError as err:
         # A NaN loss is a property of the configuration: record it as failed, do not retry it.

@@ -182,7 +182,7 @@ class TunePlan:
 
 def trainable(plan: TunePlan):
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    ctx = replace(plan.context, report_passes=plan.report_passes, last_pass=plan.max_t)
+    ctx = replace(plan.context, report_passes=plan.report_passes)
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
 

@@ -9,10 +9,12 @@ directory (a non-empty ./mlruns would switch MLflow to the file store, which ref
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +154,6 @@ def log_params(ref: RunRef, params: Mapping[str, object]) -> None:
 
 
 def _metric_items(metrics: Mapping[str, float], step: int | None) -> list:
-    import math
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -188,16 +187,12 @@ class MetricBuffer:
         self._last_flush: float | None = None
 
     def add(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
         self._pending.extend(_metric_items(metrics, step))
         due = self._last_flush is None or time.monotonic() - self._last_flush >= self.interval_s
         if due or len(self._pending) >= self.MAX_ITEMS:
             self.flush()
 
     def flush(self) -> None:
-        import time
-
         while self._pending:
             batch = self._pending[: self.MAX_ITEMS]
             self.ref.client.log_batch(self.ref.run_id, metrics=batch)
