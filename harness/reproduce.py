@@ -186,7 +186,7 @@ def run_table(args, common, tuned, cluster, uri, started) -> tuple[str, dict, in
     trials = spec.trials(args.seeds)
     tracker = GridTracker(uri, args.experiment, f"reproduce-{args.target}", _parent_params(args, trials), {
         "reproduce.table": args.target, "dataset": ",".join(dict.fromkeys(datasets))})
-    try:
+    with tracker.running():
         outcomes = run_grid(trials, cluster, tracker, progress=not args.no_progress)
         results = tables.aggregate(spec, outcomes, args.seeds)
         text = tables.render_markdown(spec, results)
@@ -209,13 +209,6 @@ def run_table(args, common, tuned, cluster, uri, started) -> tuple[str, dict, in
             written = _publish(files, tracker, args.out)
         tracker.log_metrics({**_row_metrics(records, spec.metrics), "wall_seconds": seconds})
         failures = sum(not o.ok for o in outcomes.values())
-        tracker.finish("FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
     payload.update(_summary(tracker, uri, seconds, outcomes, written))
     report = text + ("\n" + claims_text if claims_text else "") + "\n" + footer + "\n" + _where(tracker, uri, written)
     return report, payload, failures
@@ -271,7 +264,7 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     trials = spec.trials(args.seeds)
     tracker = GridTracker(uri, args.experiment, "reproduce-fig4", _parent_params(args, trials),
                           {"reproduce.table": "fig4", "dataset": args.dataset})
-    try:
+    with tracker.running():
         outcomes = run_grid(trials, cluster, tracker, progress=not args.no_progress)
         records = fig4.collect(spec, outcomes, args.seeds)
         text = fig4.render_markdown(records, args.dataset)
@@ -284,13 +277,6 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
             written = _publish(files, tracker, args.out)
         tracker.log_metrics({"wall_seconds": seconds})
         failures = sum(not o.ok for o in outcomes.values())
-        tracker.finish("FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
     payload = {"table": "fig4", "points": records, **_summary(tracker, uri, seconds, outcomes, written)}
     footer = _timing_line(len(trials), len(outcomes), seconds, outcomes, cluster)
     plots = "plots: fig4_attributes.png, fig4_lambda.png (artifacts of the parent run"

@@ -9,11 +9,12 @@ writers and a cluster's workers need no route to the tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from harness import tracking
@@ -137,6 +138,19 @@ class GridTracker:
 
     def finish(self, status: str) -> None:
         tracking.end_run(self.parent, status)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[GridTracker]:
+        """Ends the parent run FINISHED after the block, KILLED on Ctrl-C, FAILED on any other error."""
+        try:
+            yield self
+            self.finish("FINISHED")
+        except KeyboardInterrupt:
+            self.finish("KILLED")
+            raise
+        except BaseException:
+            self.finish("FAILED")
+            raise
 
 
 def run_grid(
