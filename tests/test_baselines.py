@@ -16,15 +16,6 @@ from harness.train import SequentialPass, fit, predict_scores
 from search_spaces import check_space, load_space
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _problem(seed: int = 0, f: int = 6, n: int = 40, a: int = 4, cs: int = 5):
     """A small ESZSL problem in float64: X [F, N], Y [N, Cs] in {-1, 1}, S [A, Cs], labels [N]."""
     g = torch.Generator().manual_seed(seed)

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from harness.config import TrainConfig
 from harness.data.base import InMemoryFeatures, RestrictedFeatures, SplitLeakError
@@ -19,15 +18,6 @@ MODELS = {
     "devise": {"lr": 1e-2, "epochs": 4},
     "dazle": {"epochs": 2},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _without_test_images(ds):

@@ -8,20 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from harness.compare import default_hyperparameters, run
 from harness.config import TrainConfig
 from harness.train import fit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_compare_table_json_and_markdown_file(tmp_path, capsys):

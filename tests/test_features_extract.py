@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import torch
+from lmdb_probe import stored_items
 
 from harness.errors import InputError
 from harness.features.__main__ import run as features_cli
@@ -192,18 +192,6 @@ def test_weights_file_round_trip(tmp_path):
     assert torch.equal(model[0].weight, weights.state_dict["conv1.weight"])
 
 
-def _stored(folder: Path) -> int:
-    shard = folder / "shard-0-of-1"
-    if not (shard / "data.mdb").exists():
-        return 0
-    env = lmdb.open(str(shard), readonly=True, lock=True, subdir=True)
-    try:
-        with env.begin() as txn:
-            return sum(1 for k in txn.cursor().iternext(values=False) if len(k) == 8)
-    finally:
-        env.close()
-
-
 @pytest.mark.slow
 def test_sigkill_part_way_then_rerun_gives_every_item_once(tmp_path):
     root = tmp_path / "data"
@@ -217,7 +205,7 @@ def test_sigkill_part_way_then_rerun_gives_every_item_once(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
-        while _stored(folder) < 3:
+        while stored_items(folder) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, "extraction made no progress"
             time.sleep(0.01)

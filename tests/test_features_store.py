@@ -14,6 +14,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from lmdb_probe import stored_items
 
 from harness.errors import InputError
 from harness.features.__main__ import run as features_cli
@@ -174,18 +175,6 @@ with FeatureStoreWriter(folder, ident) as w:
 """
 
 
-def _count_items(folder: Path) -> int:
-    shard = folder / "shard-0-of-1"
-    if not (shard / "data.mdb").exists():
-        return 0
-    env = lmdb.open(str(shard), readonly=True, lock=True, subdir=True)
-    try:
-        with env.begin() as txn:
-            return sum(1 for k in txn.cursor().iternext(values=False) if len(k) == 8)
-    finally:
-        env.close()
-
-
 def test_sigkill_never_leaves_a_partial_item(tmp_path):
     folder, count, batch = tmp_path / "c", 150, 10
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -193,7 +182,7 @@ def test_sigkill_never_leaves_a_partial_item(tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
-        while _count_items(folder) < 3 * batch:
+        while stored_items(folder) < 3 * batch:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.time() < deadline
             time.sleep(0.01)
