@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+import search_spaces
 from harness.config import TrainConfig
 from harness.data.registry import list_datasets
 from harness.errors import InputError, OneLineArgumentParser, run_cli
@@ -32,13 +33,10 @@ CS_COLUMNS = (("cs_acc_seen", "CS acc_s"), ("cs_acc_unseen", "CS acc_u"), ("cs_H
 
 def default_hyperparameters(model: str) -> dict[str, object]:
     """The model's search-space DEFAULTS as TrainConfig fields ("all" attributes -> None)."""
-    from search_spaces import load_space
-
     try:
-        space = load_space(model)
-    except KeyError as err:
-        raise InputError(str(err.args[0])) from err
-    return {k: (None if v == "all" else v) for k, v in getattr(space, "DEFAULTS", {}).items()}
+        return search_spaces.load(model).config_defaults()
+    except search_spaces.UnknownSearchSpace as err:
+        raise InputError(str(err)) from err
 
 
 @dataclass

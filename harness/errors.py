@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from search_spaces import UnknownSearchSpace
+
 EXIT_BAD_INPUT = 2
 
 
@@ -26,7 +28,7 @@ def run_cli(main: Callable[[], int], prog: str) -> int:
     """Run a CLI's main, turning InputError into one line on stderr and exit code 2."""
     try:
         return main()
-    except InputError as err:
+    except (InputError, UnknownSearchSpace) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -13,11 +13,12 @@ import io
 import math
 from dataclasses import dataclass, field, replace
 
+import search_spaces
 from harness import reproduce_paper as paper
 from harness.config import TrainConfig
 from harness.errors import InputError
 from harness.reproduce_runner import Outcome, Trial
-from harness.reproduce_tuned import TunedConfig, apply_tuned, pick, typed_values
+from harness.reproduce_tuned import TunedConfig, apply_tuned, pick
 
 METRIC_KEYS = {"acc_s": "test_acc_seen", "acc_u": "test_acc_unseen", "H": "test_H", "zsl_top1": "test_zsl_top1"}
 METRIC_NAMES = {"acc_s": "acc_s", "acc_u": "acc_u", "H": "H", "zsl_top1": "ZSL T1"}
@@ -310,13 +311,9 @@ def claims_records(checks: list[ClaimCheck]) -> list[dict[str, object]]:
 
 def model_defaults(model: str) -> dict[str, object]:
     """The defaults a model's search space declares (the paper's for DAZLE), as TrainConfig values."""
-    import importlib
-
-    try:  # the module directly: works whether or not search_spaces/__init__ is importable
-        space = importlib.import_module(f"search_spaces.{model.replace('-', '_')}")
-    except ModuleNotFoundError:
+    if not search_spaces.exists(model):
         return {}
-    return typed_values(dict(getattr(space, "DEFAULTS", {})), f"search_spaces/{model}.py")
+    return search_spaces.load(model).config_defaults()
 
 
 def base_config(model: str, dataset: str, common: dict[str, object], variant: str = "full") -> TrainConfig:

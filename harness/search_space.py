@@ -7,15 +7,14 @@ turns the paper defaults into the first point to evaluate.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import search_spaces
 from harness.config import TrainConfig
 from harness.errors import InputError
-
-KNOWN_TYPES = ("loguniform", "uniform", "int", "categorical")
+from search_spaces import KNOWN_TYPES
 
 
 @dataclass(frozen=True)
@@ -57,26 +56,16 @@ class ResolvedSpace:
         return True
 
 
-def _module(model: str):
-    try:
-        return importlib.import_module(f"search_spaces.{model.replace('-', '_')}")
-    except ModuleNotFoundError as err:
-        raise InputError(f"--model: no search space for {model!r} (expected search_spaces/{model}.py)") from err
-
-
 def has_space(model: str) -> bool:
-    try:
-        _module(model)
-    except InputError:
-        return False
-    return True
+    return search_spaces.exists(model)
 
 
 def _resolve(value: Any, num_attributes: int) -> Any:
     return num_attributes if value == "all" else value
 
 
-def _check(model: str, space: dict, defaults: dict) -> None:
+def check_space(model: str, space: dict, defaults: dict) -> None:
+    """The one validator of a space: InputError naming search_spaces/<model>.py and the key."""
     fields = set(TrainConfig.__dataclass_fields__)
     for key, spec in space.items():
         where = f"search_spaces/{model}.py: {key!r}"
@@ -116,9 +105,8 @@ def resolve_space(model: str, num_attributes: int) -> ResolvedSpace:
     A bound above the attribute count is clipped to it (a space written for CUB's 312
     attributes still works on a dataset with fewer).
     """
-    module = _module(model)
-    space = getattr(module, "SPACE", None)
-    defaults = dict(getattr(module, "DEFAULTS", {}))
+    loaded = search_spaces.load(model)
+    space, defaults = loaded.space, dict(loaded.defaults)
     if not isinstance(space, dict) or not space:
         raise InputError(f"search_spaces/{model}.py: SPACE must be a non-empty dict")
     params: dict[str, dict[str, Any]] = {}
@@ -133,7 +121,7 @@ def resolve_space(model: str, num_attributes: int) -> ResolvedSpace:
             if spec["low"] == spec["high"]:  # a one-attribute dataset: nothing to search
                 spec = {"type": "categorical", "choices": [spec["low"]]}
         params[name] = spec
-    _check(model, params, defaults)
+    check_space(model, params, defaults)
     resolved = {k: _resolve(v, num_attributes) for k, v in defaults.items()}
     if "num_attributes" in resolved and isinstance(resolved["num_attributes"], int):
         resolved["num_attributes"] = min(resolved["num_attributes"], num_attributes)

@@ -351,13 +351,11 @@ HYPERPARAMETER_OPTIONS = ("lr", "lam", "num_attributes", "eszsl_gamma", "eszsl_l
 
 def model_defaults(model: str) -> dict[str, object]:
     """The model's paper/search-space defaults (e.g. DeViSE's own lr), as TrainConfig fields."""
-    from search_spaces import load_space
+    import search_spaces
 
-    try:
-        defaults = dict(load_space(model).DEFAULTS)
-    except KeyError:
+    if not search_spaces.exists(model):
         return {}
-    return {k: (None if v == "all" else v) for k, v in defaults.items()}
+    return search_spaces.load(model).config_defaults()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

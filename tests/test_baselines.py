@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import search_spaces
 from baselines.devise import DeViSE, hinge_rank_loss
 from baselines.eszsl import ESZSL, eszsl_closed_form, eszsl_objective, holistic_features
 from harness.config import TrainConfig
 from harness.methods import list_methods, method_hyperparameters
+from harness.search_space import check_space
 from harness.train import SequentialPass, fit, predict_scores
-from search_spaces import check_space, load_space
 
 
 def _problem(seed: int = 0, f: int = 6, n: int = 40, a: int = 4, cs: int = 5):
@@ -182,10 +183,10 @@ def test_both_baselines_are_registered_with_their_hyperparameters():
     assert method_hyperparameters("eszsl") == ("eszsl_gamma", "eszsl_lambda")
     assert method_hyperparameters("devise") == ("lr", "margin")
     for model in ("eszsl", "devise"):
-        space = load_space(model)
-        check_space(space.SPACE, space.DEFAULTS)
-        assert set(space.SPACE) == set(method_hyperparameters(model))
-        TrainConfig(model=model, **space.DEFAULTS).validate()
+        space = search_spaces.load(model)
+        check_space(model, space.space, space.defaults)
+        assert set(space.space) == set(method_hyperparameters(model))
+        TrainConfig(model=model, **space.config_defaults()).validate()
 
 
 def test_sequential_pass_visits_every_image_once_in_order():

@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.search_space import _check, resolve_space, same_point, trial_config
+from harness.search_space import check_space, resolve_space, same_point, trial_config
 
 
 def test_dazle_space_resolves_all_attributes_and_paper_defaults():
@@ -51,7 +51,7 @@ def test_trial_config_overrides_the_search_base():
 )
 def test_malformed_spaces_name_the_entry(space, match):
     with pytest.raises(InputError, match=match):
-        _check("m", space, {})
+        check_space("m", space, {})
 
 
 def test_same_point_tolerates_float_noise_only():
