@@ -42,8 +42,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from harness import tracking  # noqa: E402
+from harness.cluster import init_ray, shutdown_ray  # noqa: E402
 from harness.config import TrainConfig  # noqa: E402
-from harness.search_cluster import init_ray, shutdown_ray  # noqa: E402
 from harness.search_space import resolve_space  # noqa: E402
 from harness.train import resolve_dataset  # noqa: E402
 

@@ -10,16 +10,14 @@ writers and a cluster's workers need no route to the tracking server.
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from harness import tracking
+from harness.cluster import init_ray
 from harness.config import TrainConfig
-from harness.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -79,21 +77,7 @@ def _placed(config: TrainConfig, cluster: ClusterOptions) -> TrainConfig:
 
 def start_ray(cluster: ClusterOptions) -> bool:
     """Connect to --address or start a local Ray; True when this call started it (and must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if cluster.address:
-            ray.init(address=cluster.address, **quiet)
-        else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private instance: no token file
-            ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count() or 1, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"--address {cluster.address}" if cluster.address else "local Ray"
-        raise InputError(f"{where}: could not start or join Ray ({' '.join(str(err).split())})") from err
-    return True
+    return init_ray(cluster.address, cluster.num_cpus)
 
 
 class GridTracker:

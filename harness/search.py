@@ -8,7 +8,7 @@ tracked in MLflow (a parent run per model's search, a child run per trial and pe
 and the search folder (--storage) lets `--resume` continue after the driver was killed.
 
 Modules: search_space (spaces -> Optuna), search_trial (the trainable), search_tune (Tuner,
-scheduler, callbacks), search_final (retrain + test), search_state (the folder), search_cluster
+scheduler, callbacks), search_final (retrain + test), search_state (the folder), harness.cluster
 (Ray), search_report (tables), plots, tracking.
 """
 
@@ -26,16 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import plots, tracking
+from harness.cluster import check_address, check_cluster_capacity, check_local_capacity, ray_session
 from harness.config import TrainConfig
 from harness.data.registry import list_datasets
 from harness.errors import InputError, run_cli
-from harness.search_cluster import (
-    check_address,
-    check_cluster_capacity,
-    check_local_capacity,
-    init_ray,
-    shutdown_ray,
-)
 from harness.search_report import param_name, summary_text, trial_rows, write_table
 from harness.search_space import ResolvedSpace, has_space, resolve_space
 from harness.search_state import SearchState, check_new_storage, default_storage, latest_storage
@@ -376,14 +370,14 @@ def main(args: argparse.Namespace) -> int:
               "shared by every node (or use an MLflow server with --tracking-uri http://...)", file=sys.stderr)
     print(f"{PROG}: search folder {state.folder}" + (" (resuming)" if resume else ""), file=sys.stderr)
     summaries: list[dict[str, Any]] = []
-    resources = init_ray(address, verbose=args.verbose)
     try:
-        if address:
-            check_cluster_capacity(settings, address)
-        state.experiment_id = tracking.experiment_id(state.tracking_uri, state.experiment)
-        state.save()
-        for model in models:
-            summaries.append(search_model(model, spaces[model], state, settings, dataset, resources, resume))
+        with ray_session(address, verbose=args.verbose) as resources:
+            if address:
+                check_cluster_capacity(settings, address)
+            state.experiment_id = tracking.experiment_id(state.tracking_uri, state.experiment)
+            state.save()
+            for model in models:
+                summaries.append(search_model(model, spaces[model], state, settings, dataset, resources, resume))
     except SearchFailed as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
@@ -395,8 +389,6 @@ def main(args: argparse.Namespace) -> int:
             f"({type(err).__name__}); the search's state is kept: once the store is back, resume with "
             f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
         ) from err
-    finally:
-        shutdown_ray()
     seconds = time.perf_counter() - started
     for summary in summaries:
         print(summary_text(summary))

@@ -28,13 +28,12 @@ def extract_on_ray(paths: Sequence[Path], options: ExtractOptions, address: str,
     """Run the N shards as Ray tasks (one GPU each when the cluster has GPUs) and wait for them."""
     import ray
 
+    from harness.cluster import check_address, ray_session
+
     if num_shards < 1:
         raise InputError(f"--shards: expected at least 1, got {num_shards}")
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    else:
-        ray.init(address=address, log_to_driver=True)
-    try:
+    joined = None if address == "local" else check_address(address)
+    with ray_session(joined, worker_logs=True):
         gpus = ray.cluster_resources().get("GPU", 0) if options.device in (None, "", "auto", "cuda") else 0
         if options.device == "cuda" and not gpus:
             raise InputError("--device cuda: the Ray cluster has no GPU")
@@ -54,5 +53,3 @@ def extract_on_ray(paths: Sequence[Path], options: ExtractOptions, address: str,
             print(f"shard {refs[done[0]]}/{num_shards} done: {value.written} items extracted", file=sys.stderr)
             results.append(value)
         return sorted(results, key=lambda r: str(r.folder))
-    finally:
-        ray.shutdown()

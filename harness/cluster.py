@@ -1,6 +1,6 @@
-"""Joining or starting Ray, with a quick, clear failure instead of a hanging ray.init.
+"""The one way Ray is started or joined (search, reproduce, distributed extraction), with the node checks.
 
-`--address HOST:PORT` (or `auto`) joins an existing cluster. Before ray.init the address is
+A quick, clear failure instead of a hanging ray.init: `--address HOST:PORT` (or `auto`) joins an existing cluster. Before ray.init the address is
 checked with a plain TCP connect under a timeout, so an unreachable cluster is one line and exit
 2 before any trial starts. Without `--address` a private local instance is started
 (address="local": a stale cluster file of an earlier run must not be joined by accident).
@@ -8,9 +8,11 @@ checked with a plain TCP connect under a timeout, so an unreachable cluster is o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import InputError
@@ -56,8 +58,17 @@ def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
     return resolved
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> dict[str, float]:
-    """Connect to (or start) Ray and return the cluster's resources."""
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False,
+             worker_logs: bool | None = None) -> bool:
+    """Join `address` or start a private local Ray; True when this call did (and must shut it down).
+
+    A process that already has Ray initialised keeps it (False). `worker_logs` shows the tasks'
+    output on this console (default: only with `verbose`).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Checkpoints every epoch force frequent experiment snapshots (wanted: resume loses little);
     # Tune warns about each one.
@@ -67,24 +78,33 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
-    kwargs = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
-              "logging_level": "INFO" if verbose else "WARNING"}
-    if address is None:
-        # A private instance needs no token; without this Ray 2.60 writes ~/.ray/auth_token, after
-        # which `ray start --head` on this machine turns token auth on and refuses workers.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
-    else:
-        try:
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False, "log_to_driver": verbose if worker_logs is None else worker_logs,
+              "configure_logging": True, "logging_level": "INFO" if verbose else "WARNING"}
+    try:
+        if address is None:
+            # A private instance needs no token; without this Ray 2.60 writes ~/.ray/auth_token, after
+            # which `ray start --head` on this machine turns token auth on and refuses workers.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        else:
             ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, TimeoutError) as err:
-            raise InputError(f"--address {address}: could not join the Ray cluster ({err})") from err
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
+        where = f"--address {address}: could not join the Ray cluster" if address else "local Ray: could not start"
+        raise InputError(f"{where} ({_one_line(err)})") from err
     if not verbose:
         # Tune logs every failed trial and callback error with its traceback; the search records
         # them (trials table, MLflow tags, a failed count on the progress bar) and ends with one
         # line when it cannot go on. --verbose shows Ray's own logs.
         for name in ("ray.tune", "ray.train", "ray.air"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    return True
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
     return dict(ray.cluster_resources())
 
 
@@ -93,6 +113,18 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None, verbose: bool = False,
+                worker_logs: bool | None = None) -> Iterator[dict[str, float]]:
+    """Ray for the length of a block, yielding the cluster's resources; shut down only if started here."""
+    started = init_ray(address, num_cpus, verbose, worker_logs)
+    try:
+        yield cluster_resources()
+    finally:
+        if started:
+            shutdown_ray()
 
 
 def _capacity_error(settings, where: str, cpus: float, gpus: float) -> InputError:
