@@ -1,23 +1,27 @@
-"""Figures logged to MLflow: attention maps, the seen-unseen curve, validation H against the
-searched hyperparameters. Matplotlib with the Agg backend (no display on cluster nodes).
+"""Every figure the harness draws: attention maps, the seen-unseen curve, validation H against the
+searched hyperparameters, and the paper's Figure 4 panels.
+
+Matplotlib's object API (a `Figure` per plot, no pyplot state, no display needed on cluster nodes):
+figures drawn in Ray workers or threads never share global state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _save(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def attention_maps(
@@ -35,9 +39,9 @@ def attention_maps(
     region index of the attribute's part in the image (-1 when hidden), drawn as a cross and
     a box, or None when the dataset does not record part positions.
     """
-    plt = _pyplot()
     images, attrs = attention.shape[:2]
-    fig, axes = plt.subplots(images, attrs, figsize=(2.2 * attrs, 2.3 * images), squeeze=False)
+    fig = Figure(figsize=(2.2 * attrs, 2.3 * images))
+    axes = fig.subplots(images, attrs, squeeze=False)
     for i in range(images):
         for k in range(attrs):
             ax = axes[i][k]
@@ -46,25 +50,21 @@ def attention_maps(
             ax.set_yticks([])
             if true_cells is not None and true_cells[i, k] >= 0:
                 row, col = divmod(int(true_cells[i, k]), grid)
-                ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
                 ax.plot([col], [row], marker="x", color="red", markersize=8)
             name = attribute_names[i][k] if k < len(attribute_names[i]) else ""
             ax.set_title(f"{titles[i]}\n{name}" if k == 0 else name, fontsize=7)
     fig.suptitle("DAZLE attention alpha (red: true part position)" if true_cells is not None
                  else "DAZLE attention alpha", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def seen_unseen_curve(acc_seen: np.ndarray, acc_unseen: np.ndarray, ausuc: float, path: str | Path,
                       point: tuple[float, float] | None = None, title: str = "") -> Path:
     """acc_s against acc_u as the seen-score shift sweeps; `point` marks the model's own GZSL result."""
-    plt = _pyplot()
     order = np.argsort(acc_unseen, kind="stable")
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.plot(np.asarray(acc_unseen)[order], np.asarray(acc_seen)[order], lw=2, label=f"AUSUC {ausuc:.3f}")
     if point is not None:
         ax.plot([point[1]], [point[0]], "o", color="red", label=f"GZSL (u {point[1]:.3f}, s {point[0]:.3f})")
@@ -75,24 +75,20 @@ def seen_unseen_curve(acc_seen: np.ndarray, acc_unseen: np.ndarray, ausuc: float
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "seen-unseen accuracy curve", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def metric_against_param(values: Sequence[float], metric: Sequence[float], path: str | Path, param: str,
                          log_x: bool = False, highlight: Sequence[bool] | None = None,
                          stopped: Sequence[bool] | None = None, metric_name: str = "validation H") -> Path:
     """Scatter of a metric over all trials against one hyperparameter (paper point highlighted)."""
-    plt = _pyplot()
     x = np.asarray(values, dtype=float)
     y = np.asarray(metric, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     hi = np.asarray(highlight if highlight is not None else [False] * len(x), dtype=bool)
     st = np.asarray(stopped if stopped is not None else [False] * len(x), dtype=bool)
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    fig = Figure(figsize=(4.5, 3.6))
+    ax = fig.subplots()
     full = keep & ~st & ~hi
     ax.scatter(x[full], y[full], s=22, label="full-length trials")
     if (keep & st & ~hi).any():
@@ -109,11 +105,7 @@ def metric_against_param(values: Sequence[float], metric: Sequence[float], path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"{metric_name} against {param} over all trials", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pick_attributes(shown: np.ndarray | None, count: int) -> list[int]:
@@ -127,3 +119,51 @@ def pick_attributes(shown: np.ndarray | None, count: int) -> list[int]:
 
 def finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(float(v)) for v in values)
+
+
+# ---------------------------------------------------------------- Figure 4 (mean +- std over seeds)
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: Sequence[float]
+    mean: Sequence[float]
+    std: Sequence[float]
+    dashed: bool = False
+
+
+def _draw(ax, series: Sequence[Series], positions: Mapping[float, float] | None = None) -> None:
+    for s in series:
+        xs = [positions[x] for x in s.x] if positions else list(s.x)
+        line = ax.plot(xs, s.mean, marker="o", markersize=4, linestyle="--" if s.dashed else "-", label=s.label)[0]
+        low = [m - d for m, d in zip(s.mean, s.std, strict=True)]
+        high = [m + d for m, d in zip(s.mean, s.std, strict=True)]
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_attributes(series: Sequence[Series], path: str | Path, title: str) -> Path:
+    """H (percent) against k, the number of lowest-entropy attributes kept."""
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.subplots()
+    _draw(ax, series)
+    ax.set_xlabel("number of attributes (lowest entropy first)")
+    ax.set_ylabel("H (%)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, dpi=120)
+
+
+def plot_lambda(series: Sequence[Series], path: str | Path, title: str) -> Path:
+    """acc_s, acc_u, H (percent) against lambda; lambdas sit at even spacing so 0 can be shown."""
+    grid = sorted({x for s in series for x in s.x})
+    positions = {x: float(i) for i, x in enumerate(grid)}
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.subplots()
+    _draw(ax, series, positions)
+    ax.set_xticks([positions[x] for x in grid], [f"{x:g}" for x in grid])
+    ax.set_xlabel("lambda (self-calibration weight)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, dpi=120)

@@ -1,4 +1,4 @@
-"""Figure 4 of the paper as two sweeps of fits, plotted by harness.figures.
+"""Figure 4 of the paper as two sweeps of fits, plotted by harness.plots.
 
 Left: H against k, the number of lowest-entropy attributes kept (TrainConfig.num_attributes),
 with and without attention over attributes, everything else at the paper's settings.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.figures import Series, plot_attributes, plot_lambda
+from harness.plots import Series, plot_attributes, plot_lambda
 from harness.reproduce_runner import Outcome, Trial
 from harness.reproduce_tables import METRIC_KEYS, Stat
 

@@ -219,7 +219,7 @@ def test_claim_verdicts_pair_seeds():
 
 
 def test_figures_write_png(tmp_path):
-    from harness.figures import Series, plot_attributes, plot_lambda
+    from harness.plots import Series, plot_attributes, plot_lambda
 
     a = plot_attributes([Series("with", [5, 10, 20], [10, 20, 30], [1, 1, 1]),
                          Series("without", [5, 10, 20], [8, 15, 25], [0, 0, 0], dashed=True)],
