@@ -45,12 +45,12 @@ from harness import tracking  # noqa: E402
 from harness.cluster import init_ray, shutdown_ray  # noqa: E402
 from harness.config import TrainConfig  # noqa: E402
 from harness.search_space import resolve_space  # noqa: E402
-from harness.train import resolve_dataset  # noqa: E402
+from harness.trainer import resolve_dataset  # noqa: E402
 
 CEILING_SNIPPET = """
 import sys, time
 from harness.config import TrainConfig
-from harness.train import fit, resolve_dataset
+from harness.trainer import fit, resolve_dataset
 c = TrainConfig(dataset=sys.argv[1], stage="search", epochs=int(sys.argv[2]), num_threads=1, lr=5e-4)
 ds = resolve_dataset(c)
 fit(TrainConfig(dataset=sys.argv[1], stage="search", epochs=1, num_threads=1), ds)  # warm

@@ -1,7 +1,7 @@
 """Compare models on one dataset: final-stage fits over several seeds, mean +- std of the protocol numbers.
 
 `python -m harness.compare --dataset synthetic --models eszsl,devise,dazle --seeds 3` runs
-harness.train.fit for every model x seed (trainval -> test, each model at its search-space
+harness.trainer.fit for every model x seed (trainval -> test, each model at its search-space
 DEFAULTS, nothing selected on test) and prints a Markdown table of ZSL T1, acc_s, acc_u, H and
 AUSUC in percent, mean +- sample standard deviation over the seeds.
 """
@@ -23,8 +23,7 @@ import search_spaces
 from harness.config import TrainConfig
 from harness.data.registry import list_datasets
 from harness.errors import InputError, OneLineArgumentParser, run_cli
-from harness.methods import list_methods
-from harness.train import fit, resolve_dataset
+from harness.methods import indexed_methods, list_methods
 
 # (metric key without the stage prefix, column title)
 COLUMNS = (("zsl_top1", "ZSL T1"), ("acc_seen", "acc_s"), ("acc_unseen", "acc_u"), ("H", "H"), ("ausuc", "AUSUC"))
@@ -54,6 +53,8 @@ class ModelRuns:
 
 def run_comparison(base: TrainConfig, models: list[str], seeds: int, progress: bool = False) -> list[ModelRuns]:
     """fit() for every model x seed on one dataset built once; returns the per-seed metrics."""
+    from harness.trainer import fit, resolve_dataset
+
     dataset = resolve_dataset(base)
     bar = None
     if progress:
@@ -135,7 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="python -m harness.compare",
                                 description="Final-stage fits of several models over seeds; a Markdown table.")
     p.add_argument("--dataset", default="synthetic", help=f"one of: {', '.join(list_datasets())}")
-    p.add_argument("--models", default="eszsl,devise,dazle", help=f"comma-separated, from: {', '.join(list_methods())}")
+    p.add_argument("--models", default="eszsl,devise,dazle", help=f"comma-separated, from: {', '.join(indexed_methods())}")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per model (default 3)")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the dataset's epochs for iterative models (ESZSL always makes one pass)")

@@ -54,7 +54,7 @@ class ClusterOptions:
 
 def fit_task(config_values: dict) -> dict:
     """Body of one Ray task: fit, and return plain data (no model, no tensors)."""
-    from harness.train import fit
+    from harness.trainer import fit
 
     started = time.perf_counter()
     config = TrainConfig(**config_values)

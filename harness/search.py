@@ -1,6 +1,6 @@
 """`python -m harness.search`: hyperparameter search on validation classes, then one test.
 
-For each model: Ray Tune runs trials (harness.train.fit, stage "search": train classes against
+For each model: Ray Tune runs trials (harness.trainer.fit, stage "search": train classes against
 validation classes, no test image reachable), Optuna's TPE proposes configurations starting from
 the paper's, ASHA stops weak ones from their per-epoch validation H. The best configuration is
 then retrained on trainval with --final-seeds seeds and evaluated once on test. Everything is
@@ -163,7 +163,7 @@ def resolve_models(model: str) -> list[str]:
 
 def load_driver_dataset(settings: SearchSettings):
     """Load the dataset once on the driver: bad names or paths fail here, before any trial."""
-    from harness.train import resolve_dataset
+    from harness.trainer import resolve_dataset
 
     return resolve_dataset(settings.base_config(settings.model if settings.model != "all" else "dazle", "search", 0))
 

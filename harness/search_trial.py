@@ -7,7 +7,7 @@ The trial
    classes, never a test index), so nothing the trial runs can read a test image;
 3. opens (or, when Ray retries or a search resumes it, reopens) its own MLflow child run, keyed by
    the Ray trial id, and logs parameters, tags and per-epoch validation metrics;
-4. calls harness.train.fit(stage="search"), logs every validation pass to MLflow and reports to
+4. calls harness.trainer.fit(stage="search"), logs every validation pass to MLflow and reports to
    Ray Tune the passes at which ASHA decides (its rungs, `report_passes`) and the last one, each
    report carrying the pass count as `pass`, ASHA's time attribute; a report takes a checkpoint
    at most every `checkpoint_interval_s` seconds, so a restored trial knows where it was.
@@ -41,7 +41,7 @@ from harness.config import TrainConfig
 from harness.data.base import GZSLDataset, RestrictedFeatures, SplitLeakError
 from harness.data.splits import ProtocolView, search_view
 from harness.search_space import same_point, trial_config
-from harness.train import DivergenceError, fit, resolve_dataset
+from harness.trainer import DivergenceError, fit, resolve_dataset
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
 STATE_FILE = "trial_state.json"

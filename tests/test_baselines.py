@@ -14,7 +14,7 @@ from baselines.eszsl import ESZSL, eszsl_closed_form, eszsl_objective, holistic_
 from harness.config import TrainConfig
 from harness.methods import list_methods, method_hyperparameters
 from harness.search_space import check_space
-from harness.train import SequentialPass, fit, predict_scores
+from harness.trainer import SequentialPass, fit, predict_scores
 
 
 def _problem(seed: int = 0, f: int = 6, n: int = 40, a: int = 4, cs: int = 5):

@@ -11,7 +11,7 @@ import pytest
 from harness.config import TrainConfig
 from harness.data.base import InMemoryFeatures, RestrictedFeatures, SplitLeakError
 from harness.metrics import gzsl_accuracies, harmonic_mean
-from harness.train import _validation_shift, calibrated_stacking, fit
+from harness.trainer import _validation_shift, calibrated_stacking, fit
 
 MODELS = {
     "eszsl": {},

@@ -1,4 +1,4 @@
-"""The compare CLI: every model x seed through harness.train.fit, a mean +- std table, bad input exits 2."""
+"""The compare CLI: every model x seed through harness.trainer.fit, a mean +- std table, bad input exits 2."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from harness.compare import default_hyperparameters, run
 from harness.config import TrainConfig
-from harness.train import fit
+from harness.trainer import fit
 
 
 def test_compare_table_json_and_markdown_file(tmp_path, capsys):

@@ -292,7 +292,7 @@ def test_validation_choice_is_seeded_and_recorded(tmp_path):
 
 def test_cub_ss_trains_and_reports_zsl_only(tmp_path):
     from harness.config import TrainConfig
-    from harness.train import fit
+    from harness.trainer import fit
 
     fx = make_xlsa17(tmp_path)
     (tmp_path / "standard_split" / "CUB").mkdir(parents=True)

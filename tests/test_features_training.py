@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.config import TrainConfig
 from harness.features.store import CacheKey, FeatureStoreWriter, open_store
-from harness.train import fit
+from harness.trainer import fit
 
 
 def test_dazle_trains_from_the_cache_as_from_memory(tiny_synthetic, tmp_path):

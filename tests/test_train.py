@@ -11,7 +11,7 @@ import pytest
 
 from harness.config import ConfigError, TrainConfig
 from harness.data.registry import load_dataset
-from harness.train import DivergenceError, fit
+from harness.trainer import DivergenceError, fit
 
 
 def test_same_seed_same_numbers(tiny_synthetic):

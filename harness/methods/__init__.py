@@ -3,20 +3,25 @@
 A method is built from a `MethodSpec` (class semantics, word vectors, seen/unseen classes of
 the split view, feature shape) and a TrainConfig, and then driven by harness.train:
 `train_step` on each class-balanced batch, `end_epoch` after each epoch (closed-form methods
-solve there), `scores` for evaluation. Adding a method = one module that registers a builder.
+solve there), `scores` for evaluation. Adding a method = one module, named as the method, that
+registers a builder. Importing this package imports no torch: `indexed_methods()` lists the
+method modules without importing them (for `--help`); running imports them (`list_methods()`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Protocol
 
 from harness.config import TrainConfig
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class ZSLMethod(Protocol):
         ...
 
 
-Builder = Callable[[MethodSpec, TrainConfig, torch.device], ZSLMethod]
+Builder = Callable[[MethodSpec, TrainConfig, "torch.device"], ZSLMethod]
 _BUILDERS: dict[str, Builder] = {}
 _HYPERPARAMETERS: dict[str, tuple[str, ...]] = {}
 
@@ -70,11 +75,14 @@ def register_method(name: str, hyperparameters: tuple[str, ...]) -> Callable[[Bu
 
 def _ensure_registered() -> None:
     """Import every module of this package: each registers its method (one file per method)."""
-    import importlib
-    import pkgutil
+    for name in indexed_methods():
+        importlib.import_module(f"{__name__}.{name}")
 
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+
+def indexed_methods() -> list[str]:
+    """The method modules of this package, by name, without importing them (no torch): what
+    `--help` lists. A test checks that each module registers the method it is named after."""
+    return sorted(info.name for info in pkgutil.iter_modules(__path__))
 
 
 def list_methods() -> list[str]:

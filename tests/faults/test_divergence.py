@@ -1,7 +1,7 @@
 """Fault: a trial whose loss becomes NaN / inf (issue 9, part 2).
 
 Guarantees under test:
-- harness.train.fit raises DivergenceError at the first non-finite loss, naming epoch and step;
+- harness.trainer.fit raises DivergenceError at the first non-finite loss, naming epoch and step;
 - the trainer CLI stops with one line naming the epoch and the step (no traceback);
 - in a search, the diverged trial is recorded as FAILED in MLflow with the reason and the step,
   Ray and the searcher see it end, and the search goes on to finish with the other trials.
@@ -53,7 +53,7 @@ DRIVER = textwrap.dedent(f"""
 
 def test_fit_raises_divergence_error_naming_epoch_and_step(tiny_synthetic):
     from harness.config import TrainConfig
-    from harness.train import DivergenceError, fit
+    from harness.trainer import DivergenceError, fit
 
     reports = []
     with pytest.raises(DivergenceError) as info:
