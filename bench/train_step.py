@@ -112,7 +112,7 @@ def step_flops(d: Dims, order: str) -> tuple[float, float]:
 
 
 def our_order(d: Dims) -> str:
-    return "ours, through D" if d.A > d.D else "ours, through A"  # DAZLE.contraction == "auto"
+    return "ours, through D" if d.A > d.D else "ours, through A"  # DAZLE(contraction="auto"), the default
 
 
 def cheapest_order(d: Dims) -> str:

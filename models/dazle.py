@@ -25,12 +25,17 @@ tests/test_dazle_equivalence.py holds all of it to a literal transcription of th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.dazle_attention import dense_attention_scores
+
+# Which side of V W the regions are contracted through (DAZLE's `contraction`)
+Contraction = Literal["auto", "word_dim", "attributes"]
+CONTRACTIONS: tuple[str, ...] = get_args(Contraction)
 
 
 @dataclass
@@ -50,12 +55,12 @@ class DAZLE(nn.Module):
     dense_attention=False replaces alpha by the uniform average over regions,
     attribute_attention=False drops beta (eq. 5 instead of eq. 7),
     trainable_semantics=False freezes V at its word-vector initialisation.
-    """
 
-    # Which side of V W the regions are contracted through: "auto" takes the word-vector
-    # dimension D when there are more attributes than D (DeepFashion), the attributes otherwise.
-    # Both orders give the same numbers; the equivalence tests force each one.
-    contraction: str = "auto"
+    `contraction` is the side of V W the regions are contracted through: "auto" takes the
+    word-vector dimension D when there are more attributes than D (DeepFashion), the attributes
+    otherwise; "word_dim" and "attributes" force one. Both orders give the same numbers (the
+    equivalence tests force each one); only the cost differs.
+    """
 
     def __init__(
         self,
@@ -68,8 +73,11 @@ class DAZLE(nn.Module):
         dense_attention: bool = True,
         attribute_attention: bool = True,
         trainable_semantics: bool = True,
+        contraction: Contraction = "auto",
     ) -> None:
         super().__init__()
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be 'auto', 'word_dim' or 'attributes', got {contraction!r}")
         num_classes, num_attributes = class_semantics.shape
         if attribute_semantics.shape[0] != num_attributes:
             raise ValueError(
@@ -80,6 +88,7 @@ class DAZLE(nn.Module):
         self.dense_attention = dense_attention
         self.attribute_attention = attribute_attention
         self.trainable_semantics = trainable_semantics
+        self.contraction = contraction
         self.feature_dim = feature_dim
 
         z = F.normalize(class_semantics.detach().float(), dim=1)
@@ -103,8 +112,6 @@ class DAZLE(nn.Module):
     def _use_word_dim(self) -> bool:
         if self.contraction == "auto":
             return self.V.shape[0] > self.V.shape[1]
-        if self.contraction not in ("word_dim", "attributes"):
-            raise ValueError(f"contraction must be 'auto', 'word_dim' or 'attributes', got {self.contraction!r}")
         return self.contraction == "word_dim"
 
     def _project(self, regions: Tensor, weights: list[Tensor]) -> Tensor:

@@ -42,7 +42,8 @@ def switch_id(switches: dict) -> str:
     return "full" if not off else "no-" + "-".join(off)
 
 
-def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 0, **switches) -> DAZLE:
+def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 0, contraction: str = "auto",
+               **switches) -> DAZLE:
     """A DAZLE with non-trivial parameters everywhere (the zero init would hide alpha and beta)."""
     gen = torch.Generator().manual_seed(seed)
     num_classes = 7
@@ -52,6 +53,7 @@ def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 
         seen_classes=torch.arange(5),
         unseen_classes=torch.tensor([5, 6]),
         feature_dim=feature_dim,
+        contraction=contraction,
         **switches,
     )
     with torch.no_grad():
@@ -130,8 +132,7 @@ def assert_equivalent(model: DAZLE, x: torch.Tensor, labels: torch.Tensor) -> No
 @pytest.mark.parametrize("grid", [False, True], ids=["BFR", "BFHW"])
 def test_outputs_and_gradients_equal_the_reference(contraction, shape, switches, grid):
     num_attr, word_dim = SHAPES[shape]
-    model = make_model(num_attr, word_dim, **switches)
-    model.contraction = contraction
+    model = make_model(num_attr, word_dim, contraction=contraction, **switches)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(5, 16, 3, 3, generator=gen) if grid else torch.rand(5, 16, 9, generator=gen)
     assert_equivalent(model, x, torch.tensor([0, 1, 2, 3, 4]))
@@ -141,8 +142,7 @@ def test_outputs_and_gradients_equal_the_reference(contraction, shape, switches,
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_equal_at_the_real_feature_size(contraction):
     """2048-d features over 7x7 regions: the sums are long enough for rounding to show."""
-    model = make_model(40, 32, feature_dim=2048, seed=3)
-    model.contraction = contraction
+    model = make_model(40, 32, feature_dim=2048, seed=3, contraction=contraction)
     with torch.no_grad():
         model.W_alpha.mul_(4.0)  # peaked attention, as after training
     x = torch.rand(3, 2048, 7, 7, generator=torch.Generator().manual_seed(4))
@@ -153,8 +153,7 @@ def test_equal_at_the_real_feature_size(contraction):
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_gradient_reaches_features_as_in_the_reference(contraction):
     """Features that require a gradient (a backbone trained end to end) get the reference's."""
-    model = make_model(*SHAPES["A>D"])
-    model.contraction = contraction
+    model = make_model(*SHAPES["A>D"], contraction=contraction)
     ref = ReferenceDAZLE.from_model(model)
     x = torch.rand(4, 16, 9, generator=torch.Generator().manual_seed(5))
     grads = []
@@ -170,8 +169,7 @@ def test_gradient_reaches_features_as_in_the_reference(contraction):
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_bf16_autocast_stays_close_and_keeps_float32_gradients(contraction):
     """The GPU path's mixed precision, exercised on the CPU: bf16 GEMMs, float32 softmax and grads."""
-    model = make_model(*SHAPES["A>D"], feature_dim=64)
-    model.contraction = contraction
+    model = make_model(*SHAPES["A>D"], feature_dim=64, contraction=contraction)
     x = torch.rand(4, 64, 9, generator=torch.Generator().manual_seed(6))
     exact = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -188,10 +186,8 @@ def test_bf16_autocast_stays_close_and_keeps_float32_gradients(contraction):
 def test_auto_contraction_follows_the_cheaper_side():
     assert make_model(*SHAPES["A>D"])._use_word_dim()
     assert not make_model(*SHAPES["A<=D"])._use_word_dim()
-    model = make_model(*SHAPES["A>D"])
-    model.contraction = "sideways"
     with pytest.raises(ValueError, match="contraction"):
-        model(torch.rand(2, 16, 9))
+        make_model(*SHAPES["A>D"], contraction="sideways")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
