@@ -36,12 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from models.dazle import DAZLE
+from models.dazle_reference import ReferenceDAZLE
 from models.losses import dazle_loss
-
-try:
-    from bench.reference_dazle import ReferenceDAZLE
-except ModuleNotFoundError:  # run as a script: bench/ itself is on sys.path
-    from reference_dazle import ReferenceDAZLE
 
 
 @dataclass(frozen=True)

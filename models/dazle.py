@@ -19,7 +19,7 @@ v_a^T W_k f_r share one product with the regions, laid out [F, B*R] for the whol
 are contracted through the word-vector dimension D when A > D, through A otherwise. The
 attention part, with its hand-written backward, is models/dazle_attention.py;
 tests/test_dazle_equivalence.py holds all of it to a literal transcription of the equations
-(bench/reference_dazle.py).
+(models/dazle_reference.py).
 """
 
 from __future__ import annotations

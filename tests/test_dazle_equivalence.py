@@ -1,4 +1,4 @@
-"""models.dazle.DAZLE gives the numbers of the authors' formulation (bench/reference_dazle.py).
+"""models.dazle.DAZLE gives the numbers of the authors' formulation (models/dazle_reference.py).
 
 Same parameter values (their W_2 = our W_alpha, W_1 = W_e, W_3 = W_beta), region features and
 class semantics L2-normalised: scores, attention, attribute scores and gates, and the gradients of
@@ -10,23 +10,15 @@ orders (the word-vector dimension D when A > D, the attributes otherwise), for [
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.dazle import DAZLE
+from models.dazle_reference import ReferenceDAZLE
 from models.losses import dazle_loss
-
-_spec = importlib.util.spec_from_file_location(
-    "reference_dazle", Path(__file__).resolve().parents[1] / "bench" / "reference_dazle.py"
-)
-reference_dazle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference_dazle)
-ReferenceDAZLE = reference_dazle.ReferenceDAZLE
 
 OUTPUTS = ("scores", "attention", "attribute_scores", "attribute_gates")
 # (attributes, word-vector dim): A > D takes the word-vector route under "auto", A <= D the attribute route
