@@ -19,6 +19,9 @@ FLOP counting: multiply-adds of every matrix product count 2 (elementwise work, 
 the optimiser are left out). "exact" counts the forward and backward products autograd really
 runs: the region features need no gradient, so a product with them costs one more GEMM in the
 backward pass, not two. The convention "3x fwd" counts forward + backward as 3x the forward.
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/train_step.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations
