@@ -221,3 +221,41 @@ def test_h_is_never_built(shape):
             scores = out["scores"] if isinstance(out, dict) else out.scores
             scores.square().sum().backward()
         assert (probe.largest >= h_size) is should_build, (type(module).__name__, probe.largest, h_size)
+
+
+@pytest.mark.parametrize("contraction, shape, through_word_dim", [
+    ("auto", "A>D", True), ("auto", "A<=D", False),
+    ("word_dim", "A>D", True), ("word_dim", "A<=D", True),
+    ("attributes", "A>D", False), ("attributes", "A<=D", False),
+])
+def test_contraction_argument_picks_the_route(contraction, shape, through_word_dim):
+    """The constructor's contraction decides the route, and the instance keeps it."""
+    model = make_model(*SHAPES[shape], contraction=contraction)
+    assert model.contraction == contraction
+    assert model._use_word_dim() is through_word_dim
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=[switch_id(s) for s in SWITCHES])
+def test_reference_follows_the_equations(switches):
+    """The reference itself, against the equations written without einsum, in float64:
+    alpha a distribution over regions (uniform without dense attention), h = alpha f (eq. 3),
+    e_a = (V W_1)_a . h_a (eq. 4), beta = sigmoid((V W_3)_a . h_a) or ones (eq. 6), and
+    s = (e * beta) z^T (eq. 7 / eq. 5); the same for [B, F, R] and [B, F, H, W] inputs."""
+    ref = ReferenceDAZLE.from_model(make_model(*SHAPES["A>D"], **switches)).double()
+    x = torch.rand(5, 16, 3, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    out = ref(x)
+    flat = ref(x.flatten(2))
+    for name in OUTPUTS:
+        assert_rel(out[name], flat[name], f"{name} (grid against flat)", tol=1e-12)
+    regions = torch.nn.functional.normalize(x.flatten(2), dim=1)  # [B, F, R]
+    alpha = out["attention"]  # [B, A, R]
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(alpha.shape[:2], dtype=alpha.dtype))
+    if not switches["dense_attention"]:
+        torch.testing.assert_close(alpha, torch.full_like(alpha, 1.0 / alpha.shape[-1]))
+    h = torch.bmm(alpha, regions.transpose(1, 2))  # [B, A, F]
+    e = ((ref.V @ ref.W_1) * h).sum(-1)  # [B, A]
+    beta = torch.sigmoid(((ref.V @ ref.W_3) * h).sum(-1)) if switches["attribute_attention"] else torch.ones_like(e)
+    assert_rel(out["attribute_scores"], e, "e", tol=1e-10)
+    assert_rel(out["attribute_gates"], beta, "beta", tol=1e-10)
+    assert_rel(out["scores"], (e * beta) @ ref.att.t(), "s", tol=1e-10)
+    assert ref.V.requires_grad is switches["trainable_semantics"]
