@@ -17,6 +17,9 @@ batches. For each run it prints:
 
 F defaults to 512 to keep the large cache at 1 GB of disk and its build under a minute on a small
 machine; what the process holds does not depend on the cache size either way.
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/feature_memory.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations
@@ -32,10 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from harness.features.store import CacheKey, FeatureStoreWriter, open_store  # noqa: E402
+from harness.features.store import CacheKey, FeatureStoreWriter, open_store
 
 
 def build(folder: Path, count: int, feature_dim: int, classes: int, seed: int = 0) -> None:

@@ -16,6 +16,9 @@ and the memory it takes are printed too (batches are then free, but memory grows
 
     python bench/lmdb_vs_hdf5.py               # 2,000 items (0.8 GB of float32 before compression)
     python bench/lmdb_vs_hdf5.py --items 500   # quicker
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/lmdb_vs_hdf5.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations
@@ -29,11 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from harness.data.sampling import ClassBalancedSampler  # noqa: E402
-from harness.features.store import CacheKey, FeatureStoreWriter, open_store  # noqa: E402
+from harness.data.sampling import ClassBalancedSampler
+from harness.features.store import CacheKey, FeatureStoreWriter, open_store
 
 
 def make_maps(count: int, feature_dim: int, seed: int):

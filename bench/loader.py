@@ -12,6 +12,9 @@ It prints reads/s over steps/s (target: at least 5x) and the steps/s of the fed 
 
     python bench/loader.py                    # CPU
     python bench/loader.py --device cuda      # on a GPU node
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/loader.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations
@@ -25,10 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from harness.features.store import CacheKey, FeatureStoreWriter, open_store  # noqa: E402
+from harness.features.store import CacheKey, FeatureStoreWriter, open_store
 
 ATTRIBUTES, CLASSES, SEEN, WORD_DIM, F, R = 1000, 46, 36, 300, 2048, 49
 

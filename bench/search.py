@@ -23,6 +23,9 @@ with other jobs the ceiling falls below 2 and caps the search's ratio; the table
     python bench/search.py --trials 12 --repeats 2 --every-pass
 
 The target on 2 cores is a steady ratio of at least 1.6.
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/search.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations

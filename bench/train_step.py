@@ -19,6 +19,9 @@ FLOP counting: multiply-adds of every matrix product count 2 (elementwise work, 
 the optimiser are left out). "exact" counts the forward and backward products autograd really
 runs: the region features need no gradient, so a product with them costs one more GEMM in the
 backward pass, not two. The convention "3x fwd" counts forward + backward as 3x the forward.
+
+Run from the repository root with the project installed (`pip install -e .`), as
+`python bench/train_step.py`: it imports the project's packages as installed.
 """
 
 from __future__ import annotations
@@ -36,12 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from models.dazle import DAZLE
+from models.dazle_reference import ReferenceDAZLE
 from models.losses import dazle_loss
-
-try:
-    from bench.reference_dazle import ReferenceDAZLE
-except ModuleNotFoundError:  # run as a script: bench/ itself is on sys.path
-    from reference_dazle import ReferenceDAZLE
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def step_flops(d: Dims, order: str) -> tuple[float, float]:
 
 
 def our_order(d: Dims) -> str:
-    return "ours, through D" if d.A > d.D else "ours, through A"  # DAZLE.contraction == "auto"
+    return "ours, through D" if d.A > d.D else "ours, through A"  # DAZLE(contraction="auto"), the default
 
 
 def cheapest_order(d: Dims) -> str:

@@ -5,6 +5,9 @@ Implements section 4.2 of the paper:
   eq. 4    attribute score   e_a = v_a^T W_e h_a
   eq. 6    attribute gate    beta_a = sigmoid(v_a^T W_beta h_a)
   eq. 7    class score       s^c = sum_a e_a z^c_a beta_a        (eq. 5 without the gate)
+  eq. 11   calibration margin +1 for unseen classes, -1 for seen ones (a buffer here)
+  eq. 13   calibrated score  s^c + margin_c                          (calibrated_scores)
+The loss of eq. 12 is models/losses.py; the class splits and the training loop are the harness's.
 
 Where the paper is silent the authors' released code decides: region features and class
 semantic rows are L2-normalised, V starts from L2-normalised word vectors, W_e ~ N(0, 1) and
@@ -14,132 +17,25 @@ Speed without changing the numbers (docs/performance.md): h_a is never built. Be
 beta_a are linear in h_a, e_a = sum_r alpha_{a,r} (v_a^T W_e f_r), so the three projections
 v_a^T W_k f_r share one product with the regions, laid out [F, B*R] for the whole batch, and
 are contracted through the word-vector dimension D when A > D, through A otherwise. The
-attention part has a hand-written backward; tests/test_dazle_equivalence.py holds all of it
-to a literal transcription of the equations (bench/reference_dazle.py).
+attention part, with its hand-written backward, is models/dazle_attention.py;
+tests/test_dazle_equivalence.py holds all of it to a literal transcription of the equations
+(models/dazle_reference.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.dazle_attention import dense_attention_scores
 
-def _gemm_dtype(tensor: Tensor) -> torch.dtype:
-    """The autocast dtype when autocast is on for the tensor's device, else the tensor's own."""
-    kind = tensor.device.type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return tensor.dtype
-
-
-class _DenseAttentionScores(torch.autograd.Function):
-    """eq. 2-4 and the gate logits of eq. 6 for a batch, with a backward written out by hand.
-
-    Inputs: regions X [F, B*R], their column scale 1/||f_r|| (None when X is already
-    normalised), V [A, D], the word-vector route flag, R, then the K slab weights W_alpha,
-    W_e[, W_beta], each [D, F]. Outputs: alpha [A, B, R] and S [K-1, A, B] with
-    S_k[a, b] = sum_r alpha_{a,b,r} v_a^T W_k f_{b,r} = v_a^T W_k h_{b,a}: h is never built.
-
-    The projections P_k = V W_k X come from one product with the regions for all K slabs:
-    through D, K GEMMs W_k X into one buffer, then V, and dW of all slabs in one GEMM; through
-    A, the products V W_k once per step and one GEMM with X. The normalisation is applied to
-    the smaller of W X or P (W (x / n) = (W x) / n), not to X. The backward writes dP in place
-    (autograd would build per-slab zeros and a stack) and takes the softmax's correction term
-    sum_r alpha_r dalpha_r = sum_k dS_k S_k from the forward's S instead of a pass over
-    [A, B, R]. GEMMs run in the autocast dtype when autocast is on; softmax and the sums over
-    regions stay in float32.
-    """
-
-    @staticmethod
-    def forward(ctx, regions: Tensor, scale: Tensor | None, V: Tensor, through_word_dim: bool,
-                num_regions: int, *weights: Tensor) -> tuple[Tensor, Tensor]:
-        kind = regions.device.type
-        dtype = _gemm_dtype(regions)
-        with torch.autocast(kind, enabled=False):
-            slabs, (num_attr, word_dim) = len(weights), V.shape
-            columns = regions.shape[1]
-            x, v, ws = regions.to(dtype), V.to(dtype), [w.to(dtype) for w in weights]
-            proj = x.new_empty(slabs, num_attr, columns)  # [K, A, N]
-            if through_word_dim:
-                inner = x.new_empty(slabs, word_dim, columns)  # W_k X: [K, D, N]
-                for k, w in enumerate(ws):
-                    torch.mm(w, x, out=inner[k])
-                if scale is not None:
-                    inner.mul_(scale)
-                for k in range(slabs):
-                    torch.mm(v, inner[k], out=proj[k])
-            else:
-                inner = x.new_empty(slabs, num_attr, x.shape[0])  # V W_k: [K, A, F]
-                for k, w in enumerate(ws):
-                    torch.mm(v, w, out=inner[k])
-                torch.mm(inner.view(slabs * num_attr, -1), x, out=proj.view(slabs * num_attr, columns))
-                if scale is not None:
-                    proj.mul_(scale)
-            acc = torch.promote_types(dtype, torch.float32)  # bf16 GEMMs, float32 softmax and sums
-            p = proj.view(slabs, num_attr, columns // num_regions, num_regions).to(acc)  # [K, A, B, R]
-            alpha = torch.softmax(p[0], dim=-1)  # eq. 2
-            scores = torch.einsum("kabr,abr->kab", p[1:], alpha)  # [K-1, A, B]: sum_r alpha P_k
-        ctx.through_word_dim, ctx.dtype, ctx.input_dtypes = through_word_dim, dtype, (regions.dtype, V.dtype)
-        ctx.set_materialize_grads(False)  # alpha is rarely in the loss: no [A, B, R] of zeros to fill and read
-        ctx.save_for_backward(x, scale, v, alpha, p, scores, inner, *ws)
-        return alpha, scores
-
-    @staticmethod
-    def backward(ctx, d_alpha: Tensor | None, d_scores: Tensor | None):
-        x, scale, v, alpha, p, scores, inner, *ws = ctx.saved_tensors
-        slabs, (num_attr, word_dim), columns = len(ws), v.shape, x.shape[1]
-        dtype, needs = ctx.dtype, ctx.needs_input_grad
-        with torch.autocast(x.device.type, enabled=False):
-            if d_scores is None:
-                d_scores = scores.new_zeros(scores.shape)
-            ds = d_scores.unsqueeze(-1)  # [K-1, A, B, 1]
-            # dL/dlogits = alpha * (g - sum_r alpha g) with g = sum_k dS_k P_k (+ the grad of alpha itself)
-            correction = (d_scores * scores).sum(0).unsqueeze(-1)  # [A, B, 1]
-            if d_alpha is not None:
-                correction = correction + (alpha * d_alpha).sum(-1, keepdim=True)
-            dp = alpha.new_empty(p.shape)  # [K, A, B, R]
-            g = torch.addcmul(correction.neg(), p[1], ds[0])
-            for k in range(2, slabs):
-                g.addcmul_(p[k], ds[k - 1])
-            if d_alpha is not None:
-                g += d_alpha
-            torch.mul(alpha, g, out=dp[0])
-            torch.mul(alpha, ds, out=dp[1:])  # dS_k/dP_k = alpha
-            dp = dp.view(slabs, num_attr, columns).to(dtype)
-
-            d_x = d_v = None
-            if ctx.through_word_dim:
-                if needs[2]:
-                    d_v = torch.mm(dp[0], inner[0].t())
-                    for k in range(1, slabs):
-                        d_v.addmm_(dp[k], inner[k].t())
-                d_inner = dp.new_empty(slabs, word_dim, columns)  # [K, D, N]
-                for k in range(slabs):
-                    torch.mm(v.t(), dp[k], out=d_inner[k])
-                if scale is not None:
-                    d_inner.mul_(scale)
-                d_w = torch.mm(d_inner.view(slabs * word_dim, columns), x.t())  # all K at once: [K*D, F]
-                d_ws = list(d_w.view(slabs, word_dim, -1).unbind(0))
-                if needs[0]:
-                    d_x = torch.mm(torch.cat(ws).t(), d_inner.view(slabs * word_dim, columns))
-            else:
-                if needs[0]:
-                    d_x = torch.mm(inner.view(slabs * num_attr, -1).t(), dp.view(slabs * num_attr, columns))
-                if scale is not None:
-                    dp.mul_(scale)
-                d_inner = torch.mm(dp.view(slabs * num_attr, columns), x.t()).view(slabs, num_attr, -1)  # [K, A, F]
-                d_ws = [torch.mm(v.t(), d_inner[k]) for k in range(slabs)]
-                if needs[2]:
-                    d_v = torch.mm(d_inner[0], ws[0].t())
-                    for k in range(1, slabs):
-                        d_v.addmm_(d_inner[k], ws[k].t())
-        regions_dtype, param_dtype = ctx.input_dtypes
-        d_x = None if d_x is None else d_x.to(regions_dtype)
-        d_v = None if d_v is None else d_v.to(param_dtype)
-        return (d_x, None, d_v, None, None, *(d.to(param_dtype) for d in d_ws))
+# Which side of V W the regions are contracted through (DAZLE's `contraction`)
+Contraction = Literal["auto", "word_dim", "attributes"]
+CONTRACTIONS: tuple[str, ...] = get_args(Contraction)
 
 
 @dataclass
@@ -159,12 +55,12 @@ class DAZLE(nn.Module):
     dense_attention=False replaces alpha by the uniform average over regions,
     attribute_attention=False drops beta (eq. 5 instead of eq. 7),
     trainable_semantics=False freezes V at its word-vector initialisation.
-    """
 
-    # Which side of V W the regions are contracted through: "auto" takes the word-vector
-    # dimension D when there are more attributes than D (DeepFashion), the attributes otherwise.
-    # Both orders give the same numbers; the equivalence tests force each one.
-    contraction: str = "auto"
+    `contraction` is the side of V W the regions are contracted through: "auto" takes the
+    word-vector dimension D when there are more attributes than D (DeepFashion), the attributes
+    otherwise; "word_dim" and "attributes" force one. Both orders give the same numbers (the
+    equivalence tests force each one); only the cost differs.
+    """
 
     def __init__(
         self,
@@ -177,8 +73,11 @@ class DAZLE(nn.Module):
         dense_attention: bool = True,
         attribute_attention: bool = True,
         trainable_semantics: bool = True,
+        contraction: Contraction = "auto",
     ) -> None:
         super().__init__()
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be 'auto', 'word_dim' or 'attributes', got {contraction!r}")
         num_classes, num_attributes = class_semantics.shape
         if attribute_semantics.shape[0] != num_attributes:
             raise ValueError(
@@ -189,6 +88,7 @@ class DAZLE(nn.Module):
         self.dense_attention = dense_attention
         self.attribute_attention = attribute_attention
         self.trainable_semantics = trainable_semantics
+        self.contraction = contraction
         self.feature_dim = feature_dim
 
         z = F.normalize(class_semantics.detach().float(), dim=1)
@@ -212,8 +112,6 @@ class DAZLE(nn.Module):
     def _use_word_dim(self) -> bool:
         if self.contraction == "auto":
             return self.V.shape[0] > self.V.shape[1]
-        if self.contraction not in ("word_dim", "attributes"):
-            raise ValueError(f"contraction must be 'auto', 'word_dim' or 'attributes', got {self.contraction!r}")
         return self.contraction == "word_dim"
 
     def _project(self, regions: Tensor, weights: list[Tensor]) -> Tensor:
@@ -269,7 +167,7 @@ class DAZLE(nn.Module):
 
         if self.dense_attention:
             # eq. 2-4, 6: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r, so h is never built
-            alpha, slab_scores = _DenseAttentionScores.apply(
+            alpha, slab_scores = dense_attention_scores(
                 regions, scale, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
             )  # [A, B, R], [1 or 2, A, B]
             attribute_scores = slab_scores[0]  # [A, B]

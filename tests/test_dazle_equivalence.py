@@ -1,4 +1,4 @@
-"""models.dazle.DAZLE gives the numbers of the authors' formulation (bench/reference_dazle.py).
+"""models.dazle.DAZLE gives the numbers of the authors' formulation (models/dazle_reference.py).
 
 Same parameter values (their W_2 = our W_alpha, W_1 = W_e, W_3 = W_beta), region features and
 class semantics L2-normalised: scores, attention, attribute scores and gates, and the gradients of
@@ -10,23 +10,15 @@ orders (the word-vector dimension D when A > D, the attributes otherwise), for [
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.dazle import DAZLE
+from models.dazle_reference import ReferenceDAZLE
 from models.losses import dazle_loss
-
-_spec = importlib.util.spec_from_file_location(
-    "reference_dazle", Path(__file__).resolve().parents[1] / "bench" / "reference_dazle.py"
-)
-reference_dazle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference_dazle)
-ReferenceDAZLE = reference_dazle.ReferenceDAZLE
 
 OUTPUTS = ("scores", "attention", "attribute_scores", "attribute_gates")
 # (attributes, word-vector dim): A > D takes the word-vector route under "auto", A <= D the attribute route
@@ -42,7 +34,8 @@ def switch_id(switches: dict) -> str:
     return "full" if not off else "no-" + "-".join(off)
 
 
-def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 0, **switches) -> DAZLE:
+def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 0, contraction: str = "auto",
+               **switches) -> DAZLE:
     """A DAZLE with non-trivial parameters everywhere (the zero init would hide alpha and beta)."""
     gen = torch.Generator().manual_seed(seed)
     num_classes = 7
@@ -52,6 +45,7 @@ def make_model(num_attr: int, word_dim: int, feature_dim: int = 16, seed: int = 
         seen_classes=torch.arange(5),
         unseen_classes=torch.tensor([5, 6]),
         feature_dim=feature_dim,
+        contraction=contraction,
         **switches,
     )
     with torch.no_grad():
@@ -130,8 +124,7 @@ def assert_equivalent(model: DAZLE, x: torch.Tensor, labels: torch.Tensor) -> No
 @pytest.mark.parametrize("grid", [False, True], ids=["BFR", "BFHW"])
 def test_outputs_and_gradients_equal_the_reference(contraction, shape, switches, grid):
     num_attr, word_dim = SHAPES[shape]
-    model = make_model(num_attr, word_dim, **switches)
-    model.contraction = contraction
+    model = make_model(num_attr, word_dim, contraction=contraction, **switches)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(5, 16, 3, 3, generator=gen) if grid else torch.rand(5, 16, 9, generator=gen)
     assert_equivalent(model, x, torch.tensor([0, 1, 2, 3, 4]))
@@ -141,8 +134,7 @@ def test_outputs_and_gradients_equal_the_reference(contraction, shape, switches,
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_equal_at_the_real_feature_size(contraction):
     """2048-d features over 7x7 regions: the sums are long enough for rounding to show."""
-    model = make_model(40, 32, feature_dim=2048, seed=3)
-    model.contraction = contraction
+    model = make_model(40, 32, feature_dim=2048, seed=3, contraction=contraction)
     with torch.no_grad():
         model.W_alpha.mul_(4.0)  # peaked attention, as after training
     x = torch.rand(3, 2048, 7, 7, generator=torch.Generator().manual_seed(4))
@@ -153,8 +145,7 @@ def test_equal_at_the_real_feature_size(contraction):
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_gradient_reaches_features_as_in_the_reference(contraction):
     """Features that require a gradient (a backbone trained end to end) get the reference's."""
-    model = make_model(*SHAPES["A>D"])
-    model.contraction = contraction
+    model = make_model(*SHAPES["A>D"], contraction=contraction)
     ref = ReferenceDAZLE.from_model(model)
     x = torch.rand(4, 16, 9, generator=torch.Generator().manual_seed(5))
     grads = []
@@ -170,8 +161,7 @@ def test_gradient_reaches_features_as_in_the_reference(contraction):
 @pytest.mark.parametrize("contraction", ["word_dim", "attributes"])
 def test_bf16_autocast_stays_close_and_keeps_float32_gradients(contraction):
     """The GPU path's mixed precision, exercised on the CPU: bf16 GEMMs, float32 softmax and grads."""
-    model = make_model(*SHAPES["A>D"], feature_dim=64)
-    model.contraction = contraction
+    model = make_model(*SHAPES["A>D"], feature_dim=64, contraction=contraction)
     x = torch.rand(4, 64, 9, generator=torch.Generator().manual_seed(6))
     exact = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -188,10 +178,8 @@ def test_bf16_autocast_stays_close_and_keeps_float32_gradients(contraction):
 def test_auto_contraction_follows_the_cheaper_side():
     assert make_model(*SHAPES["A>D"])._use_word_dim()
     assert not make_model(*SHAPES["A<=D"])._use_word_dim()
-    model = make_model(*SHAPES["A>D"])
-    model.contraction = "sideways"
     with pytest.raises(ValueError, match="contraction"):
-        model(torch.rand(2, 16, 9))
+        make_model(*SHAPES["A>D"], contraction="sideways")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -233,3 +221,41 @@ def test_h_is_never_built(shape):
             scores = out["scores"] if isinstance(out, dict) else out.scores
             scores.square().sum().backward()
         assert (probe.largest >= h_size) is should_build, (type(module).__name__, probe.largest, h_size)
+
+
+@pytest.mark.parametrize("contraction, shape, through_word_dim", [
+    ("auto", "A>D", True), ("auto", "A<=D", False),
+    ("word_dim", "A>D", True), ("word_dim", "A<=D", True),
+    ("attributes", "A>D", False), ("attributes", "A<=D", False),
+])
+def test_contraction_argument_picks_the_route(contraction, shape, through_word_dim):
+    """The constructor's contraction decides the route, and the instance keeps it."""
+    model = make_model(*SHAPES[shape], contraction=contraction)
+    assert model.contraction == contraction
+    assert model._use_word_dim() is through_word_dim
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=[switch_id(s) for s in SWITCHES])
+def test_reference_follows_the_equations(switches):
+    """The reference itself, against the equations written without einsum, in float64:
+    alpha a distribution over regions (uniform without dense attention), h = alpha f (eq. 3),
+    e_a = (V W_1)_a . h_a (eq. 4), beta = sigmoid((V W_3)_a . h_a) or ones (eq. 6), and
+    s = (e * beta) z^T (eq. 7 / eq. 5); the same for [B, F, R] and [B, F, H, W] inputs."""
+    ref = ReferenceDAZLE.from_model(make_model(*SHAPES["A>D"], **switches)).double()
+    x = torch.rand(5, 16, 3, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    out = ref(x)
+    flat = ref(x.flatten(2))
+    for name in OUTPUTS:
+        assert_rel(out[name], flat[name], f"{name} (grid against flat)", tol=1e-12)
+    regions = torch.nn.functional.normalize(x.flatten(2), dim=1)  # [B, F, R]
+    alpha = out["attention"]  # [B, A, R]
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(alpha.shape[:2], dtype=alpha.dtype))
+    if not switches["dense_attention"]:
+        torch.testing.assert_close(alpha, torch.full_like(alpha, 1.0 / alpha.shape[-1]))
+    h = torch.bmm(alpha, regions.transpose(1, 2))  # [B, A, F]
+    e = ((ref.V @ ref.W_1) * h).sum(-1)  # [B, A]
+    beta = torch.sigmoid(((ref.V @ ref.W_3) * h).sum(-1)) if switches["attribute_attention"] else torch.ones_like(e)
+    assert_rel(out["attribute_scores"], e, "e", tol=1e-10)
+    assert_rel(out["attribute_gates"], beta, "beta", tol=1e-10)
+    assert_rel(out["scores"], (e * beta) @ ref.att.t(), "s", tol=1e-10)
+    assert ref.V.requires_grad is switches["trainable_semantics"]

@@ -1,10 +1,12 @@
-"""DAZLE's equations transcribed literally, as the authors' formulation computes them.
+"""DAZLE (Huynh & Elhamifar, CVPR 2020): the plain one-einsum-per-equation transcription.
 
-This is the yardstick of the equivalence test and of bench/train_step.py, not production code:
-one einsum per equation of the paper (section 4.2), the attended feature h [B, A, F]
-materialised, each V W product formed inside the einsum of its equation. torch.einsum without
-opt_einsum contracts left to right, so eq. 2 costs 2 B A F R flops whatever the word-vector
-dimension D is. Written from the equations and DESIGN.md section 3, not from the authors' code.
+The equations transcribed literally, as the authors' formulation computes them. This is the
+yardstick of tests/test_dazle_equivalence.py and of bench/train_step.py, not what the harness
+trains (that is models/dazle.py): one einsum per equation of the paper (section 4.2, eq. 2-7),
+the attended feature h [B, A, F] materialised, each V W product formed inside the einsum of its
+equation. torch.einsum without opt_einsum contracts left to right, so eq. 2 costs 2 B A F R
+flops whatever the word-vector dimension D is. Written from the equations and DESIGN.md
+section 3, not from the authors' code.
 
 Names follow the authors' module (W_1 = our W_e, W_2 = our W_alpha, W_3 = our W_beta, `att`
 the L2-normalised class semantics), so `ReferenceDAZLE.from_model` is the parameter mapping
