@@ -14,7 +14,7 @@ category labels are 1-based; attribute values are 1 / -1 (0 = unknown in some co
 - Unseen: original labels 2, 12, 15, 19, 26, 29, 30, 42, 44, 48 (all their images are
   test_unseen). Seen images in the "test" partition are test_seen, the other seen images trainval.
 - 6 validation classes, unpublished by the authors: drawn from the seen classes with
-  data_seed (adapters.choose_validation_classes) and recorded in `notes`.
+  data_seed (files.choose_validation_classes) and recorded in `notes`.
 list_attr_img.txt (289,222 rows x 1,000 values, ~600 MB) is streamed: only per-category sums
 are kept.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.adapters import DatasetFiles, choose_validation_classes, require_file
+from harness.data.files import DatasetFiles, choose_validation_classes, require_file
 from harness.errors import InputError
 
 UNSEEN_LABELS = (2, 12, 15, 19, 26, 29, 30, 42, 44, 48)

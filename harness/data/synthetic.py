@@ -83,6 +83,8 @@ PRESETS = {
         word_dim=100, default_epochs=2,
     ),
 }
+# The miniature's classes, attributes and split rule with few images: CLI smoke tests.
+PRESETS["synthetic-tiny"] = replace(PRESETS["synthetic"], name="synthetic-tiny", images_per_class=10)
 
 
 def _attribute_words(spec: SyntheticSpec) -> tuple[list[str], list[list[str]], np.ndarray]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from harness.data.adapters import DatasetFiles, check_locs, choose_validation_classes, require_file
+from harness.data.files import DatasetFiles, check_locs, choose_validation_classes, require_file
 from harness.errors import InputError
 
 
