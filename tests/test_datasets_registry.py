@@ -1,4 +1,4 @@
-"""The dataset registry: its shape (imports one way, a light index), what it
+"""The dataset registry: its shape (imports one way, short functions, a light index), what it
 knows about each real dataset, and every registered synthetic dataset at a tiny size."""
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ def test_harness_data_imports_point_one_way():
     for reader in ("xlsa17", "deepfashion", "files", "synthetic"):
         assert not graph[f"harness.data.{reader}"] & {"harness.data.registry", "harness.data.catalog",
                                                       "harness.data.adapters"}
+
+
+def test_no_function_in_harness_data_is_over_60_lines():
+    long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for name, tree in _modules().items() for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
+    assert not long, long
 
 
 def test_listing_the_datasets_imports_neither_torch_nor_ray():
