@@ -1,99 +1,33 @@
-"""The real datasets: what is read from --data-root, and the registered loaders.
+"""The real datasets: what is read from --data-root, joined with features and word vectors.
 
 `read_dataset_files` reads everything that comes from the data root (image list and order,
 labels, class attributes, splits, validation classes) into a `DatasetFiles`; the feature
 extractor uses it to know which images to cache, in which order (cache key i = image_paths[i]).
-The registered loaders (`cub`, `sun`, `awa2`, `cub-ss`, `deepfashion`) join it with the feature
-cache and the attribute word vectors into a GZSLDataset. Nothing here writes a file.
+`load` joins it with the feature cache and the attribute word vectors into a GZSLDataset; the
+registry's loaders of `cub`, `sun`, `awa2`, `cub-ss` and `deepfashion` (real_datasets.py) call
+it. Nothing here writes a file, and nothing here knows the registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from harness.data import deepfashion, xlsa17
 from harness.data.base import FeatureSource, GZSLDataset
-from harness.data.registry import register_dataset
+from harness.data.files import DatasetFiles, check_locs, choose_validation_classes, require_file
 from harness.data.semantics import AttributeSemantics, attribute_vectors
 from harness.data.wordvectors import read_vector_npz
 from harness.errors import InputError
 
-
-@dataclass
-class DatasetFiles:
-    """Everything read from the data root, before features and word vectors."""
-
-    name: str
-    image_paths: list[Path]  # absolute, in the dataset's image order (= feature cache keys 0..N-1)
-    labels: np.ndarray  # [N] int64, 0-based class ids
-    class_names: list[str]
-    attribute_names: list[str]
-    class_attributes: np.ndarray  # [C, A] (xlsa17: original_att; DeepFashion: mapped and L2-normalised)
-    trainval_loc: np.ndarray  # 0-based
-    test_seen_loc: np.ndarray
-    test_unseen_loc: np.ndarray
-    val_classes: np.ndarray
-    default_epochs: int
-    notes: dict = field(default_factory=dict)  # provenance and recorded choices (validation classes, ...)
-    word_style: str = ""  # tokenisation of attribute names (harness.data.semantics)
-    cache_name: str = ""  # the feature cache to read: cub-ss shares cub's images, so cub's cache
-    attribute_names_known: bool = True  # False: the names file was missing, names are placeholders
-    semantics: AttributeSemantics | None = None  # set when read with word_vectors
-
-    def __post_init__(self) -> None:
-        if not self.cache_name:
-            self.cache_name = self.name
-
-    @property
-    def num_images(self) -> int:
-        return len(self.labels)
-
-
-# ---------------------------------------------------------------- helpers shared by the readers
-
-
-def require_file(path: Path, what: str) -> Path:
-    """`path` if it is a file, else an InputError naming it and what it should hold."""
-    if not path.is_file():
-        raise InputError(f"{path}: missing; expected {what}")
-    return path
-
-
-def choose_validation_classes(seen: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """The recorded rule where a split publishes no validation classes: `count` of the seen
-    class ids (sorted) drawn without replacement by numpy.random.default_rng(seed), sorted."""
-    seen = np.sort(np.asarray(seen, dtype=np.int64))
-    if count >= len(seen):
-        raise InputError(f"{count} validation classes asked for, but only {len(seen)} seen classes; "
-                         "expected more seen classes than validation classes")
-    rng = np.random.default_rng(seed)
-    return np.sort(seen[rng.choice(len(seen), size=count, replace=False)])
-
-
-def check_locs(path: Path, locs: dict[str, np.ndarray], num_images: int) -> None:
-    """0-based split indices lie in 0..N-1 and the splits do not share an image."""
-    for key, loc in locs.items():
-        if len(loc) and (loc.min() < 0 or loc.max() >= num_images):
-            raise InputError(f"{path}: {key} holds image numbers outside 1..{num_images}; expected indices "
-                             f"into the {num_images} images of the image list")
-        if len(np.unique(loc)) != len(loc):
-            raise InputError(f"{path}: {key} lists an image twice; expected each image once")
-    names = list(locs)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if np.intersect1d(locs[a], locs[b]).size:
-                raise InputError(f"{path}: {a} and {b} share images; expected disjoint splits")
-
-
-# ---------------------------------------------------------------- reading and building
+# Read by their importers from here before files.py existed (docs/datasets.md names
+# harness.data.adapters.choose_validation_classes).
+__all__ = ["DatasetFiles", "build_dataset", "check_locs", "choose_validation_classes", "load",
+           "read_dataset_files", "read_semantics", "require_file"]
 
 
 def _readers():
-    # Imported here: the reader modules import DatasetFiles from this one.
-    from harness.data import deepfashion, xlsa17
-
     return {
         "cub": lambda root, seed: xlsa17.read("cub", root, data_seed=seed),
         "sun": lambda root, seed: xlsa17.read("sun", root, data_seed=seed),
@@ -220,17 +154,3 @@ def load(name: str, data_root: str | Path | None = None, cache_dir: str | Path |
     assert files.semantics is not None
     features, cache_id = _open_features(files, cache_dir)
     return build_dataset(files, features, files.semantics, cache_id)
-
-
-def _register(name: str, description: str) -> None:
-    @register_dataset(name, description)
-    def loader(data_root: str | None = None, cache_dir: str | None = None, word_vectors: str | None = None,
-               data_seed: int = 0) -> GZSLDataset:
-        return load(name, data_root, cache_dir, word_vectors, data_seed)
-
-
-_register("cub", "CUB-200-2011, xlsa17 proposed split (150 seen / 50 unseen, 312 attributes)")
-_register("sun", "SUN attributes, xlsa17 proposed split (645 seen / 72 unseen, 102 attributes)")
-_register("awa2", "Animals with Attributes 2, xlsa17 proposed split (40 seen / 10 unseen, 85 attributes)")
-_register("cub-ss", "CUB-200-2011, standard split (150 / 50, ZSL only: no test-seen images)")
-_register("deepfashion", "DeepFashion category/attribute benchmark (36 seen / 10 unseen, 1000 attributes)")

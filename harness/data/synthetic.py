@@ -83,6 +83,8 @@ PRESETS = {
         word_dim=100, default_epochs=2,
     ),
 }
+# The miniature's classes, attributes and split rule with few images: CLI smoke tests.
+PRESETS["synthetic-tiny"] = replace(PRESETS["synthetic"], name="synthetic-tiny", images_per_class=10)
 
 
 def _attribute_words(spec: SyntheticSpec) -> tuple[list[str], list[list[str]], np.ndarray]:
@@ -150,49 +152,68 @@ def _class_values(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.nda
     return values, unseen_ids
 
 
-def generate(spec: SyntheticSpec) -> GZSLDataset:
-    rng = np.random.default_rng(spec.seed)
-    names, phrases, attribute_part = _attribute_words(spec)
-    word_vectors = _word_vectors(phrases, spec, rng)
-    class_values, unseen_ids = _class_values(spec, rng)
-    num_regions = spec.grid * spec.grid
-    num_attr = spec.num_attributes
+@dataclass(frozen=True)
+class _Signatures:
+    part: np.ndarray  # [P, F] shared by every value of a part
+    value: np.ndarray  # [A, F] one per attribute (part value)
+    backgrounds: np.ndarray  # [num_backgrounds, F]
 
-    part_signature = rng.normal(size=(spec.num_parts, spec.feature_dim))
-    value_signature = rng.normal(size=(num_attr, spec.feature_dim))
-    backgrounds = rng.normal(size=(spec.num_backgrounds, spec.feature_dim))
 
-    labels = np.repeat(np.arange(spec.num_classes), spec.images_per_class)
-    n = len(labels)
+def _signatures(spec: SyntheticSpec, rng: np.random.Generator) -> _Signatures:
+    return _Signatures(
+        part=rng.normal(size=(spec.num_parts, spec.feature_dim)),
+        value=rng.normal(size=(spec.num_attributes, spec.feature_dim)),
+        backgrounds=rng.normal(size=(spec.num_backgrounds, spec.feature_dim)),
+    )
+
+
+def _image_parts(spec: SyntheticSpec, class_values: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image and part: the value shown [N, P], whether it is visible [N, P], its cell [N, P]."""
     # Which value each image shows at each part: the class's value, sometimes another one.
     shown = class_values[labels].copy()  # [N, P]
     swap = rng.random(shown.shape) > spec.value_fidelity
     shown[swap] = rng.integers(0, spec.values_per_part, size=int(swap.sum()))
     visible = rng.random(shown.shape) > spec.occlusion
-    # Every part gets its own cell; occluded parts are recorded as -1.
-    cells = np.argsort(rng.random((n, num_regions)), axis=1)[:, : spec.num_parts]
-    part_regions = np.where(visible, cells, -1)
+    # Every part gets its own cell.
+    cells = np.argsort(rng.random((len(labels), spec.grid * spec.grid)), axis=1)[:, : spec.num_parts]
+    return shown, visible, cells
 
-    maps = backgrounds[rng.integers(0, spec.num_backgrounds, size=n)][:, None, :].repeat(num_regions, axis=1)
+
+def _region_features(spec: SyntheticSpec, signatures: _Signatures, shown: np.ndarray, visible: np.ndarray,
+                     cells: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Feature maps [N, F, R] (background + noise, part + value signature where a part shows) and
+    which attributes each image shows [N, A]."""
+    n, num_regions = len(shown), spec.grid * spec.grid
+    background = signatures.backgrounds[rng.integers(0, spec.num_backgrounds, size=n)]  # [N, F]
+    maps = background[:, None, :].repeat(num_regions, axis=1)
     maps = maps + spec.region_noise * rng.normal(size=maps.shape)  # [N, R, F]
     rows = np.repeat(np.arange(n), spec.num_parts)
     parts = np.tile(np.arange(spec.num_parts), n)
     attrs = parts * spec.values_per_part + shown.reshape(-1)
     keep = visible.reshape(-1)
     rows, parts, attrs, regions = rows[keep], parts[keep], attrs[keep], cells.reshape(-1)[keep]
-    maps[rows, regions] = part_signature[parts] + value_signature[attrs] + spec.region_noise * rng.normal(
+    maps[rows, regions] = signatures.part[parts] + signatures.value[attrs] + spec.region_noise * rng.normal(
         size=(len(rows), spec.feature_dim)
     )
     maps = np.maximum(maps, 0.0).astype(np.float32).transpose(0, 2, 1)  # post-ReLU like a CNN, [N, F, R]
-
-    shown_attributes = np.zeros((n, num_attr), dtype=bool)
+    shown_attributes = np.zeros((n, spec.num_attributes), dtype=bool)
     shown_attributes[rows, attrs] = True
+    return maps, shown_attributes
 
-    # Class-attribute matrix: how often a class's images show each value (cf. CUB percentages).
-    class_attributes = np.full((spec.num_classes, num_attr), (1 - spec.value_fidelity) / spec.values_per_part)
+
+def _class_attribute_matrix(spec: SyntheticSpec, class_values: np.ndarray) -> np.ndarray:
+    """How often a class's images show each value [C, A] (cf. CUB percentages)."""
+    class_attributes = np.full((spec.num_classes, spec.num_attributes),
+                               (1 - spec.value_fidelity) / spec.values_per_part)
     for c in range(spec.num_classes):
         class_attributes[c, np.arange(spec.num_parts) * spec.values_per_part + class_values[c]] += spec.value_fidelity
+    return class_attributes
 
+
+def _seen_splits(spec: SyntheticSpec, labels: np.ndarray, unseen_ids: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation classes, and trainval / test_seen images of the seen classes."""
     seen_ids = np.setdiff1d(np.arange(spec.num_classes), unseen_ids)
     val_classes = np.sort(rng.choice(seen_ids, size=spec.num_val, replace=False))
     trainval, test_seen = [], []
@@ -201,22 +222,37 @@ def generate(spec: SyntheticSpec) -> GZSLDataset:
         n_test = int(round(spec.test_seen_fraction * len(images)))
         test_seen.append(images[:n_test])
         trainval.append(images[n_test:])
+    return val_classes, np.sort(np.concatenate(trainval)), np.sort(np.concatenate(test_seen))
+
+
+def generate(spec: SyntheticSpec) -> GZSLDataset:
+    """The dataset of `spec`; every random draw comes from one generator seeded with spec.seed,
+    in a fixed order, so the same spec gives the same arrays."""
+    rng = np.random.default_rng(spec.seed)
+    names, phrases, attribute_part = _attribute_words(spec)
+    word_vectors = _word_vectors(phrases, spec, rng)
+    class_values, unseen_ids = _class_values(spec, rng)
+    signatures = _signatures(spec, rng)
+    labels = np.repeat(np.arange(spec.num_classes), spec.images_per_class)
+    shown, visible, cells = _image_parts(spec, class_values, labels, rng)
+    maps, shown_attributes = _region_features(spec, signatures, shown, visible, cells, rng)
+    val_classes, trainval, test_seen = _seen_splits(spec, labels, unseen_ids, rng)
     ds = GZSLDataset(
         name=spec.name,
         labels=labels.astype(np.int64),
         class_names=[f"class_{c:03d}" for c in range(spec.num_classes)],
         attribute_names=names,
-        class_attributes=class_attributes.astype(np.float32),
+        class_attributes=_class_attribute_matrix(spec, class_values).astype(np.float32),
         attribute_vectors=word_vectors,
         features=InMemoryFeatures(maps),
-        trainval_loc=np.sort(np.concatenate(trainval)),
-        test_seen_loc=np.sort(np.concatenate(test_seen)),
+        trainval_loc=trainval,
+        test_seen_loc=test_seen,
         test_unseen_loc=np.flatnonzero(np.isin(labels, unseen_ids)),
         val_classes=val_classes,
         default_epochs=spec.default_epochs,
         feature_cache_id=f"{spec.name}-seed{spec.seed}",
         annotations={
-            "part_regions": part_regions,
+            "part_regions": np.where(visible, cells, -1),  # occluded parts are recorded as -1
             "attribute_part": attribute_part,
             "shown_attributes": shown_attributes,
             "grid": spec.grid,

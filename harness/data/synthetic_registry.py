@@ -1,4 +1,8 @@
-"""Registers the synthetic presets."""
+"""Registers the synthetic presets (harness.data.synthetic.PRESETS).
+
+Each loader takes `images_per_class` to shrink the preset for tests (same classes, attributes
+and splits rule, fewer images); left at None it generates exactly the preset.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,27 @@ from functools import lru_cache
 
 from harness.data import synthetic
 from harness.data.base import GZSLDataset
-from harness.data.registry import register_dataset
+from harness.data.catalog import register_dataset
 
 
 @lru_cache(maxsize=4)
-def _cached(name: str, data_seed: int) -> GZSLDataset:
-    return synthetic.load(name, seed=data_seed)
+def _cached(name: str, data_seed: int, images_per_class: int | None = None) -> GZSLDataset:
+    sizes = {} if images_per_class is None else {"images_per_class": int(images_per_class)}
+    return synthetic.load(name, seed=data_seed, **sizes)
 
 
 @register_dataset("synthetic", "embedded miniature of fine-grained GZSL (32 classes, 24 seen / 8 unseen)")
-def synthetic_small(data_seed: int = 0) -> GZSLDataset:
-    return _cached("synthetic", data_seed)
+def synthetic_small(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic", data_seed, images_per_class)
+
+
+@register_dataset("synthetic-tiny", "the synthetic miniature with 10 images per class, for smoke tests")
+def synthetic_tiny(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-tiny", data_seed, images_per_class)
 
 
 @register_dataset(
     "synthetic-deepfashion", "DeepFashion-shaped synthetic stand-in (46 classes, 36 seen / 10 unseen, 336 attributes)"
 )
-def synthetic_deepfashion(data_seed: int = 0) -> GZSLDataset:
-    return _cached("synthetic-deepfashion", data_seed)
+def synthetic_deepfashion(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-deepfashion", data_seed, images_per_class)

@@ -78,21 +78,9 @@ def _read_text(path: Path, wanted: dict[bytes, str]) -> WordTable:
         for line in lines:
             line_no += 1
             bar.update(len(line))
-            if not checked_first:  # the first row tells a binary file named like a text one
+            if not checked_first:
                 checked_first = True
-                if _looks_binary(line):
-                    raise InputError(f"--word-vectors {path}: line {line_no} is binary data, not 'word v1 ... "
-                                     f"v{dim}'; word2vec binary files must end in .bin")
-                tokens = line.split()
-                if len(tokens) != dim + 1:
-                    raise _wrong_dim(path, f"line {line_no}", len(tokens) - 1, dim, source)
-                try:
-                    [float(t) for t in tokens[1:]]
-                except ValueError:
-                    raise InputError(
-                        f"--word-vectors {path}: line {line_no} is not 'word v1 ... v{dim}'; "
-                        "word2vec binary files must end in .bin"
-                    ) from None
+                _check_first_row(path, line, line_no, dim, source)
             cut = line.find(b" ")
             word = line[:cut] if cut > 0 else line.strip()
             name = wanted.get(word)
@@ -109,6 +97,23 @@ def _read_text(path: Path, wanted: dict[bytes, str]) -> WordTable:
                 raise InputError(f"--word-vectors {path}: line {line_no} ({name!r}) holds a value that is "
                                  "not a number; expected 'word v1 ... vD'") from None
     return WordTable(path, dim, vectors, fmt)
+
+
+def _check_first_row(path: Path, line: bytes, line_no: int, dim: int, source: str) -> None:
+    """The first vector row is `word v1 ... vD`: it tells a binary file named like a text one."""
+    if _looks_binary(line):
+        raise InputError(f"--word-vectors {path}: line {line_no} is binary data, not 'word v1 ... "
+                         f"v{dim}'; word2vec binary files must end in .bin")
+    tokens = line.split()
+    if len(tokens) != dim + 1:
+        raise _wrong_dim(path, f"line {line_no}", len(tokens) - 1, dim, source)
+    try:
+        [float(t) for t in tokens[1:]]
+    except ValueError:
+        raise InputError(
+            f"--word-vectors {path}: line {line_no} is not 'word v1 ... v{dim}'; "
+            "word2vec binary files must end in .bin"
+        ) from None
 
 
 def _looks_binary(line: bytes) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from harness.data.adapters import DatasetFiles, check_locs, choose_validation_classes, require_file
+from harness.data.files import DatasetFiles, check_locs, choose_validation_classes, require_file
 from harness.errors import InputError
 
 
@@ -196,16 +196,8 @@ def _third_of_seen(trainval_labels: np.ndarray, data_seed: int) -> tuple[np.ndar
     return choose_validation_classes(seen, count, data_seed), rule
 
 
-def read(name: str, data_root: Path, standard_split: bool = False, data_seed: int = 0) -> DatasetFiles:
-    """Read `cub`, `sun` or `awa2` (and `cub-ss` with standard_split) from `data_root`."""
-    layout = LAYOUTS[name]
-    folder = data_root / "xlsa17" / "data" / layout.folder
-    split_path = folder / "att_splits.mat"
-    res_path = folder / "res101.mat"
-    splits = load_mat(split_path, SPLIT_KEYS + ("train_loc", "val_loc"),
-                      f"the xlsa17 {layout.folder} splits (att_splits.mat)", required=SPLIT_KEYS)
-    res = load_mat(res_path, ("image_files", "labels"), f"the xlsa17 {layout.folder} image list (res101.mat)")
-
+def _read_class_attributes(split_path: Path, splits: dict) -> tuple[list[str], np.ndarray]:
+    """allclasses_names and original_att [A, C], checked against att's shape."""
     class_names = cell_strings(splits["allclasses_names"])
     att = np.asarray(splits["att"], dtype=np.float64)
     original = np.asarray(splits["original_att"], dtype=np.float64)
@@ -215,7 +207,11 @@ def read(name: str, data_root: Path, standard_split: bool = False, data_seed: in
     if original.shape != att.shape:
         raise InputError(f"{split_path}: original_att has shape {original.shape}, att {att.shape}; expected "
                          "the same shape")
+    return class_names, original
 
+
+def _read_image_list(res_path: Path, res: dict, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """res101.mat's image_files and their 0-based labels."""
     image_files = cell_strings(res["image_files"])
     raw_labels = np.asarray(res["labels"]).ravel()
     if len(image_files) != len(raw_labels):
@@ -223,67 +219,91 @@ def read(name: str, data_root: Path, standard_split: bool = False, data_seed: in
                          "label per image")
     if len(raw_labels) == 0:
         raise InputError(f"{res_path}: no images; expected the xlsa17 image list")
-    if np.any(raw_labels != np.round(raw_labels)) or raw_labels.min() < 1 or raw_labels.max() > len(class_names):
-        raise InputError(f"{res_path}: labels outside 1..{len(class_names)}; expected 1-based class numbers of "
-                         f"the {len(class_names)} classes in att_splits.mat")
-    labels = raw_labels.astype(np.int64) - 1
-    n = len(labels)
+    if np.any(raw_labels != np.round(raw_labels)) or raw_labels.min() < 1 or raw_labels.max() > num_classes:
+        raise InputError(f"{res_path}: labels outside 1..{num_classes}; expected 1-based class numbers of "
+                         f"the {num_classes} classes in att_splits.mat")
+    return image_files, raw_labels.astype(np.int64) - 1
 
-    image_dir = data_root / layout.image_dir
-    mapped = [_image_path(image_dir, f, layout, res_path, i) for i, f in enumerate(image_files)]
-    image_paths = [p for p, _ in mapped]
-    _check_class_folders(res_path, [c for _, c in mapped], labels, class_names)
 
+def _read_test_locs(split_path: Path, splits: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """att_splits.mat's trainval / test_seen / test_unseen locs, checked against the labels."""
     locs = {k: _locs(split_path, splits, k) for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")}
-    check_locs(split_path, locs, n)
-    notes: dict = {"split_file": str(split_path), "image_list": str(res_path), "image_dir": str(image_dir),
-                   "image_dir_exists": image_dir.is_dir()}
+    check_locs(split_path, locs, len(labels))
     seen = np.unique(labels[locs["trainval_loc"]])
     if not np.isin(labels[locs["test_seen_loc"]], seen).all():
         raise InputError(f"{split_path}: test_seen_loc holds images of classes without trainval images; "
                          "expected test-seen images of seen classes")
     if np.isin(labels[locs["test_unseen_loc"]], seen).any():
         raise InputError(f"{split_path}: test_unseen_loc holds images of seen classes; expected unseen classes only")
+    return locs
 
+
+def _proposed_validation(split_path: Path, splits: dict, labels: np.ndarray, class_names: list[str]
+                         ) -> tuple[np.ndarray, str]:
+    """The proposed split's validation classes: those of val_loc, else the valclasses1.txt list."""
+    if "train_loc" in splits and "val_loc" in splits:
+        # Only the class ids are taken from val_loc: on AWA2 it also holds test-seen images.
+        val = np.unique(labels[_locs(split_path, splits, "val_loc")])
+        train = np.unique(labels[_locs(split_path, splits, "train_loc")])
+        if np.intersect1d(val, train).size:
+            raise InputError(f"{split_path}: train_loc and val_loc share classes; expected disjoint classes")
+        return val, f"classes of val_loc in {split_path}"
+    list_path = split_path.parent / "valclasses1.txt"
+    require_file(list_path, f"the validation classes, since {split_path.name} has no train_loc/val_loc "
+                            "(xlsa17 ships valclasses1.txt beside it)")
+    return read_class_list(list_path, class_names), f"classes listed in {list_path}"
+
+
+def _split(data_root: Path, split_path: Path, splits: dict, labels: np.ndarray, class_names: list[str],
+           standard_split: bool, data_seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """(trainval / test_seen / test_unseen locs, validation classes, notes) of the split asked for."""
+    locs = _read_test_locs(split_path, splits, labels)
     if standard_split:
-        trainval, test_unseen, val, ss_notes = _standard_split(data_root, labels, class_names, data_seed)
-        test_seen = np.zeros(0, dtype=np.int64)
-        notes.update(ss_notes)
+        trainval, test_unseen, val, notes = _standard_split(data_root, labels, class_names, data_seed)
+        chosen = {"trainval_loc": trainval, "test_seen_loc": np.zeros(0, dtype=np.int64),
+                  "test_unseen_loc": test_unseen}
     else:
-        trainval, test_seen, test_unseen = locs["trainval_loc"], locs["test_seen_loc"], locs["test_unseen_loc"]
-        if "train_loc" in splits and "val_loc" in splits:
-            # Only the class ids are taken from val_loc: on AWA2 it also holds test-seen images.
-            val = np.unique(labels[_locs(split_path, splits, "val_loc")])
-            train = np.unique(labels[_locs(split_path, splits, "train_loc")])
-            if np.intersect1d(val, train).size:
-                raise InputError(f"{split_path}: train_loc and val_loc share classes; expected disjoint classes")
-            notes["validation_rule"] = f"classes of val_loc in {split_path}"
-        else:
-            list_path = folder / "valclasses1.txt"
-            require_file(list_path, f"the validation classes, since {split_path.name} has no train_loc/val_loc "
-                                    "(xlsa17 ships valclasses1.txt beside it)")
-            val = read_class_list(list_path, class_names)
-            notes["validation_rule"] = f"classes listed in {list_path}"
-        notes["split"] = "proposed split"
-    if not np.isin(val, np.unique(labels[trainval])).all() or len(val) == 0:
+        val, rule = _proposed_validation(split_path, splits, labels, class_names)
+        chosen, notes = locs, {"validation_rule": rule, "split": "proposed split"}
+    if not np.isin(val, np.unique(labels[chosen["trainval_loc"]])).all() or len(val) == 0:
         raise InputError(f"{split_path}: the validation classes are not all seen (trainval) classes; expected a "
                          "subset of the seen classes")
+    return chosen, val, notes
 
-    names, names_path = _attribute_names(data_root, layout, att.shape[0])
+
+def read(name: str, data_root: Path, standard_split: bool = False, data_seed: int = 0) -> DatasetFiles:
+    """Read `cub`, `sun` or `awa2` (and `cub-ss` with standard_split) from `data_root`."""
+    layout = LAYOUTS[name]
+    folder = data_root / "xlsa17" / "data" / layout.folder
+    split_path = folder / "att_splits.mat"
+    res_path = folder / "res101.mat"
+    splits = load_mat(split_path, SPLIT_KEYS + ("train_loc", "val_loc"),
+                      f"the xlsa17 {layout.folder} splits (att_splits.mat)", required=SPLIT_KEYS)
+    res = load_mat(res_path, ("image_files", "labels"), f"the xlsa17 {layout.folder} image list (res101.mat)")
+    class_names, original = _read_class_attributes(split_path, splits)
+    image_files, labels = _read_image_list(res_path, res, len(class_names))
+
+    image_dir = data_root / layout.image_dir
+    mapped = [_image_path(image_dir, f, layout, res_path, i) for i, f in enumerate(image_files)]
+    _check_class_folders(res_path, [c for _, c in mapped], labels, class_names)
+    locs, val, split_notes = _split(data_root, split_path, splits, labels, class_names, standard_split, data_seed)
+
+    names, names_path = _attribute_names(data_root, layout, original.shape[0])
+    notes: dict = {"split_file": str(split_path), "image_list": str(res_path), "image_dir": str(image_dir),
+                   "image_dir_exists": image_dir.is_dir(), **split_notes}
     notes["attribute_names_file"] = str(names_path) if names_path else (
         "missing: expected one of " + ", ".join(str(data_root / r) for r in layout.names_files))
     notes["validation_classes"] = [class_names[c] for c in val]
-    class_attributes = original.T / (100.0 if layout.percent else 1.0)
     return DatasetFiles(
         name=f"{name}-ss" if standard_split else name,
-        image_paths=image_paths,
+        image_paths=[p for p, _ in mapped],
         labels=labels,
         class_names=class_names,
         attribute_names=names,
-        class_attributes=class_attributes,
-        trainval_loc=np.sort(trainval),
-        test_seen_loc=np.sort(test_seen),
-        test_unseen_loc=np.sort(test_unseen),
+        class_attributes=original.T / (100.0 if layout.percent else 1.0),
+        trainval_loc=np.sort(locs["trainval_loc"]),
+        test_seen_loc=np.sort(locs["test_seen_loc"]),
+        test_unseen_loc=np.sort(locs["test_unseen_loc"]),
         val_classes=np.sort(val),
         default_epochs=20,
         notes=notes,
