@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import reproduce, reproduce_paper, reproduce_tables
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.reproduce_tuned import apply_tuned, load_tuned, parse_json, pick
+from harness.reproduce import __main__ as reproduce
+from harness.reproduce import paper as reproduce_paper
+from harness.reproduce import tables as reproduce_tables
+from harness.reproduce.tuned import apply_tuned, load_tuned, parse_json, pick
 
 # ---------------------------------------------------------------- the published numbers
 
@@ -227,3 +229,4 @@ def test_figures_write_png(tmp_path):
     b = plot_lambda([Series("H", [0.0, 0.1, 1.0], [1, 2, 3], [0, 0, 0])], tmp_path / "b.png", "right")
     for path in (a, b):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+

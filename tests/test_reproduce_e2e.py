@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from harness import reproduce
+from harness.reproduce import __main__ as reproduce
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass, field, replace
 
 import search_spaces
-from harness import reproduce_paper as paper
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.reproduce_runner import Outcome, Trial
-from harness.reproduce_tuned import TunedConfig, apply_tuned, pick
+from harness.reproduce import paper
+from harness.reproduce.runner import Outcome, Trial
+from harness.reproduce.tuned import TunedConfig, apply_tuned, pick
 
 METRIC_KEYS = {"acc_s": "test_acc_seen", "acc_u": "test_acc_unseen", "H": "test_H", "zsl_top1": "test_zsl_top1"}
 METRIC_NAMES = {"acc_s": "acc_s", "acc_u": "acc_u", "H": "H", "zsl_top1": "ZSL T1"}

@@ -30,7 +30,7 @@ from harness.methods import method_hyperparameters
 
 SWITCHES = ("dense_attention", "attribute_attention", "self_calibration", "trainable_semantics")
 CARRIED = ("epochs", "batch_size")
-SEARCH_MANIFEST = "search.json"  # harness.search_state.MANIFEST
+SEARCH_MANIFEST = "search.json"  # the search state's MANIFEST
 CANDIDATE_FILES = ("best_config.json", "best_configs.json", "best.json", "summary.json")
 RUN_ARTIFACTS = ("tables/summary.json", "summary.json", "best_config.json", "best_configs.json")
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")

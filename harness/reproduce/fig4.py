@@ -17,8 +17,8 @@ from pathlib import Path
 from harness.config import TrainConfig
 from harness.errors import InputError
 from harness.plots import Series, plot_attributes, plot_lambda
-from harness.reproduce_runner import Outcome, Trial
-from harness.reproduce_tables import METRIC_KEYS, Stat
+from harness.reproduce.runner import Outcome, Trial
+from harness.reproduce.tables import METRIC_KEYS, Stat
 
 DEFAULT_K_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 DEFAULT_LAMBDAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
