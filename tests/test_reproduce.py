@@ -230,3 +230,14 @@ def test_figures_write_png(tmp_path):
     for path in (a, b):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+@pytest.mark.parametrize("argv", [["--help"], ["table4", "--help"], ["fig4", "--help"]])
+def test_help_imports_neither_ray_nor_torch(argv):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.reproduce", *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"ray", "torch", "matplotlib"}
