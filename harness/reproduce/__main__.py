@@ -175,7 +175,7 @@ def _tables(args, common: dict, tuned: list[TunedConfig]) -> tuple[tables.TableS
         if "," in args.dataset or "=" in args.dataset:
             raise InputError(f"--dataset {args.dataset}: table4 takes one dataset name")
         spec = tables.table4_spec(args.dataset, common, tuned)
-    return spec, [r.config.dataset for r in spec.rows]
+    return spec, [r.config.dataset for r in spec.rows if r.config is not None]
 
 
 def run_table(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int]:
