@@ -8,24 +8,41 @@ from pathlib import Path
 
 import pytest
 
-from harness import reproduce, reproduce_paper, reproduce_tables
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.reproduce_tuned import apply_tuned, load_tuned, parse_json, pick
+from harness.reproduce import __main__ as reproduce
+from harness.reproduce import paper as reproduce_paper
+from harness.reproduce import tables as reproduce_tables
+from harness.reproduce.tuned import apply_tuned, load_tuned, parse_json, pick
 
 # ---------------------------------------------------------------- the published numbers
 
 
 def test_paper_tables_load_from_package_data():
     t2, t3, t4 = reproduce_paper.table2(), reproduce_paper.table3(), reproduce_paper.table4()
-    assert {(r.keys["dataset"], r.keys["method"]) for r in t2} == {
-        (d, m) for d in ("cub", "sun", "awa2") for m in ("eszsl", "devise", "dazle-seen-ce", "dazle")}
-    cub_eszsl = next(r for r in t2 if r.keys == {"dataset": "cub", "method": "eszsl"})
-    assert cub_eszsl.values == {"acc_s": 63.8, "acc_u": 12.6, "H": 21.0}
-    assert [r.keys["dataset"] for r in t3] == ["cub-ss", "cub"]
+    run_here = {(r.keys["dataset"], r.keys["method"]) for r in t2 if r.run_here}
+    assert run_here == {(d, m) for d in ("cub", "sun", "awa2") for m in ("eszsl", "devise", "dazle-seen-ce", "dazle")}
+    by_key = {(r.keys["dataset"], r.keys["method"]): r for r in t2}
+    assert by_key["cub", "eszsl"].values == {"acc_s": 63.8, "acc_u": 12.6, "H": 21.0}
+    assert [by_key[d, "dazle"].values["H"] for d in ("cub", "sun", "awa2")] == [58.1, 33.2, 67.1]
+    assert not by_key["cub", "cada-vae"].run_here and by_key["cub", "cada-vae"].values["H"] == 52.4
+    dazle3 = {r.keys["dataset"]: r.values["zsl_top1"] for r in t3 if r.keys["method"] == "dazle"}
+    assert dazle3 == {"cub-ss": 67.8, "cub": 65.9}
+    assert {r.keys["method"] for r in t3 if r.run_here} == {"dazle-seen-ce", "dazle"}
     assert [r.keys["row"] for r in t4] == [str(i) for i in range(1, 8)]
-    # numbers we could not source stay empty, never zero
-    assert all(v is None for r in t4 for v in r.values.values())
+    assert t4[6].values == {"acc_s": 38.1, "acc_u": 21.5, "H": 27.5}
+    for row in t2 + t3 + t4:  # every row names its table; no row without a number
+        assert row.source.startswith("paper Table ")
+        assert any(v is not None for v in row.values.values())
+
+
+def test_every_paper_row_passes_the_h_check_or_is_flagged():
+    rows = reproduce_paper.table2() + reproduce_paper.table4()
+    flagged = [r for r in rows if r.inconsistent]
+    assert [(r.keys.get("dataset"), r.keys.get("method")) for r in flagged] == [("sun", "eszsl")]
+    for r in rows:
+        s, u, h = r.values["acc_s"], r.values["acc_u"], r.values["H"]
+        assert r.inconsistent or abs(2 * s * u / (s + u) - h) <= reproduce_paper.H_TOLERANCE
 
 
 def test_h_consistency_flag_fires_for_sun_eszsl_only():
@@ -43,26 +60,55 @@ def test_h_check_tolerates_rounding_but_not_errors():
     assert reproduce_paper.check_h({"acc_s": None, "acc_u": 12.6, "H": 22.0}) is None
 
 
-def test_claims_reference_rows_that_differ_in_the_claimed_switch_only():
+def test_claims_compare_rows_that_differ_in_the_claimed_switch_only():
     rows = {r.keys["row"]: r.extra for r in reproduce_paper.table4()}
     switch_of = {"self-calibration": "self_calibration", "dense attention": "dense_attention",
-                 "attention over attributes": "attribute_attention", "trainable v_a": "trainable_semantics"}
+                 "attention over attributes": "attribute_attention", "fixed v_a": "trainable_semantics"}
     switches = ("dense_attention", "self_calibration", "attribute_attention", "trainable_semantics")
-    for claim in reproduce_paper.table4_claims():
-        better, worse = rows[claim.better], rows[claim.worse]
-        differing = [s for s in switches if better[s] != worse[s]]
+    claims = reproduce_paper.table4_claims()
+    assert len(claims) == 10
+    for claim in claims:
+        a, b = rows[claim.row], rows[claim.versus]
+        differing = [s for s in switches if a[s] != b[s]]
         expected = next(v for k, v in switch_of.items() if claim.text.startswith(k))
         assert differing == [expected], claim
-        assert better[expected] == "1" and worse[expected] == "0"
+        # the text's deltas are the table's: +1.4 acc_s, +1.4 H, +1.3 H, -1.9 H
+        if claim.stated_delta is not None:
+            assert claim.paper_delta == pytest.approx(claim.stated_delta, abs=1e-6), claim
+        else:
+            assert claim.paper_delta > 0, claim  # self-calibration raises acc_u and H
+    assert [c.stated_delta for c in claims[:4]] == [1.4, 1.4, 1.3, -1.9]
 
 
-def test_markdown_flags_inconsistent_row_and_marks_missing_numbers():
+def test_markdown_prints_paper_numbers_flags_and_context_rows():
     spec = reproduce_tables.table2_spec([("sun", "synthetic")], {"epochs": 1}, [])
     results = reproduce_tables.aggregate(spec, {}, seeds=1)
     text = reproduce_tables.render_markdown(spec, results)
     assert "12.1 (!)" in text
     assert "printed H 12.1, but 2*27.9*11.0/(27.9+11.0) = 15.8" in text
-    assert "n/a" in text  # the DAZLE rows we could not source
+    assert "| SUN (stand-in: synthetic) | DAZLE, L_ce + L_cal | 24.3 |" in text
+    assert "| SUN (stand-in: synthetic) | CADA-VAE | 35.7 | not run here | - |" in text
+    assert "not comparable" in text and "could not" not in text and "not found" not in text
+    assert [r.spec.run_here for r in results].count(True) == 4
+
+
+def _stat_results(rows: dict[str, dict[str, dict[int, float]]], dataset: str):
+    """Results of table4's rows with the given per-seed values, as if fitted on `dataset`."""
+    spec = reproduce_tables.table4_spec(dataset, {"epochs": 1}, [])
+    return [reproduce_tables.RowResult(r, {"paper": {m: reproduce_tables.Stat(dict(v))
+                                                     for m, v in rows.get(r.id, {}).items()}}, {}, 1, {})
+            for r in spec.rows], spec
+
+
+def test_difference_column_is_printed_on_real_data_and_not_comparable_on_a_stand_in():
+    values = {"7": {"acc_s": {0: 40.0}, "acc_u": {0: 20.0}, "H": {0: 26.7}}}
+    for dataset, expected in (("deepfashion", "| 26.7 | -0.8 |"), ("synthetic-deepfashion", "| 26.7 | not comparable |")):
+        results, spec = _stat_results(values, dataset)
+        text = reproduce_tables.render_markdown(spec, results)
+        row7 = next(line for line in text.splitlines() if line.startswith("| 7 |"))
+        assert "| 27.5 |" in row7 and expected in row7, row7
+        records = {r["row"]: r for r in reproduce_tables.table_records(spec, results)}
+        assert (records["7"]["H_diff"] is None) == (dataset != "deepfashion")
 
 
 # ---------------------------------------------------------------- options
@@ -84,12 +130,15 @@ def test_table_specs_use_the_papers_settings():
     for row in spec.rows:
         c = row.config
         assert (c.stage, c.lam, c.lr, c.batch_size, c.epochs, c.model) == ("final", 0.1, 1e-4, 50, None, "dazle")
-    assert [r.config.self_calibration for r in spec.rows] == [False, True, False, True, False, True, True]
-    assert spec.rows[6].config.trainable_semantics is False
+    # the paper's order: rows 1-3 without self-calibration, 4-7 with it; row 6 fixes v_a
+    assert [r.config.self_calibration for r in spec.rows] == [False, False, False, True, True, True, True]
+    assert [r.config.dense_attention for r in spec.rows] == [False, True, True, False, True, True, True]
+    assert [r.config.trainable_semantics for r in spec.rows] == [True] * 5 + [False, True]
     trials = spec.trials(3)
     assert len(trials) == 21 and {t.config.seed for t in trials} == {0, 1, 2}
     t2 = reproduce_tables.table2_spec([("cub", "synthetic")], {}, [])
-    by_id = {r.id: r.config for r in t2.rows}
+    by_id = {r.id: r.config for r in t2.rows if r.run_here}
+    assert set(by_id) == {"cub/eszsl", "cub/devise", "cub/dazle-seen-ce", "cub/dazle"}
     assert by_id["cub/dazle-seen-ce"].self_calibration is False and by_id["cub/dazle"].self_calibration
     assert by_id["cub/eszsl"].model == "eszsl"
 
@@ -205,17 +254,34 @@ def _result(row_id: str, values: dict[str, dict[int, float]]):
     return reproduce_tables.RowResult(spec, stats, {}, 3, {})
 
 
-def test_claim_verdicts_pair_seeds():
-    claims = [reproduce_paper.Claim("x raises H", ("H",), "b", "a"),
-              reproduce_paper.Claim("x raises H", ("H",), "d", "c")]
+@pytest.mark.parametrize("paper_delta, diffs, expected", [
+    (1.4, {0: 2.0, 1: 1.0, 2: 3.0}, "holds"),  # mean 2.0 > std 1.0
+    (1.4, {0: 3.0, 1: -1.0, 2: 1.0}, "weak"),  # mean 1.0 < std 2.0
+    (1.4, {0: 0.5}, "weak"),  # one seed: no spread to be beyond
+    (-1.9, {0: -2.0, 1: -3.0}, "holds"),  # the paper's sign is negative
+    (-1.9, {0: 1.0, 1: 2.0}, "fails"),
+    (1.4, {0: -0.5, 1: 0.5}, "fails"),  # no difference on average
+    (1.4, {}, "n/a"),  # a run failed
+])
+def test_verdict_rule(paper_delta, diffs, expected):
+    assert reproduce_tables.verdict(paper_delta, diffs) == expected
+
+
+def test_claims_pair_seeds_and_take_the_weakest_comparison():
+    claims = [reproduce_paper.Claim("x raises H", "H", "b", "a", 1.0),
+              reproduce_paper.Claim("x raises H", "H", "d", "c", 2.0),
+              reproduce_paper.Claim("y lowers H", "H", "a", "b", -1.0)]
     results = [_result("a", {"H": {0: 10, 1: 10, 2: 10}}), _result("b", {"H": {0: 12, 1: 11, 2: 13}}),
-               _result("c", {"H": {0: 10, 1: 10, 2: 10}}), _result("d", {"H": {0: 9, 1: 11, 2: 10}})]
-    (check,) = reproduce_tables.check_claims(results, claims)
-    assert [p.verdict for p in check.pairs] == ["holds", "mixed"]
-    assert check.pairs[0].diffs == {0: 2, 1: 1, 2: 3}
-    assert check.verdict == "mixed"
-    text = reproduce_tables.render_claims([check], "synthetic", 3)
-    assert "row b vs row a, H: +2.0 ± 1.0 points (3/3 seeds > 0) -> holds" in text
+               _result("c", {"H": {0: 10, 1: 10, 2: 10}}), _result("d", {"H": {0: 9, 1: 11, 2: 12}})]
+    x, y = reproduce_tables.check_claims(results, claims)
+    assert [p.verdict for p in x.pairs] == ["holds", "weak"] and x.verdict == "weak"
+    assert x.pairs[0].diffs == {0: 2, 1: 1, 2: 3} and x.pairs[0].with_paper_sign == 3
+    assert y.verdict == "holds"
+    text = reproduce_tables.render_claims([x, y], "synthetic", 3)
+    assert "| x raises H | b vs a | H | +1.0 | +2.0 ± 1.0 | 3/3 | holds |" in text
+    assert reproduce_tables.VERDICT_RULE in text and "- x raises H: WEAK" in text
+    (record, *_) = reproduce_tables.claims_records([x])
+    assert record["paper_delta"] == 1.0 and record["diff_mean"] == 2.0 and record["verdict"] == "holds"
 
 
 def test_figures_write_png(tmp_path):
@@ -227,3 +293,15 @@ def test_figures_write_png(tmp_path):
     b = plot_lambda([Series("H", [0.0, 0.1, 1.0], [1, 2, 3], [0, 0, 0])], tmp_path / "b.png", "right")
     for path in (a, b):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["table4", "--help"], ["fig4", "--help"]])
+def test_help_imports_neither_ray_nor_torch(argv):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.reproduce", *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"ray", "torch", "matplotlib"}

@@ -13,12 +13,15 @@ import io
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.plots import Series, plot_attributes, plot_lambda
-from harness.reproduce_runner import Outcome, Trial
-from harness.reproduce_tables import METRIC_KEYS, Stat
+from harness.reproduce.runner import Outcome, Trial
+from harness.reproduce.tables import METRIC_KEYS, Stat
+
+if TYPE_CHECKING:
+    from harness.plots import Series
 
 DEFAULT_K_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 DEFAULT_LAMBDAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -122,6 +125,8 @@ def collect(spec: Fig4Spec, outcomes: dict[TrainConfig, Outcome], seeds: int) ->
 
 
 def _series(records: list[dict], sweep: str, label_of, metrics: tuple[str, ...]) -> list[Series]:
+    from harness.plots import Series  # matplotlib only when drawing: --help stays light
+
     out = []
     keys = dict.fromkeys((r["series"], r["setting"]) for r in records if r["sweep"] == sweep)
     for series, setting in keys:
@@ -137,6 +142,8 @@ def _series(records: list[dict], sweep: str, label_of, metrics: tuple[str, ...])
 
 
 def draw(records: list[dict], folder: Path, dataset: str, seeds: int) -> list[Path]:
+    from harness.plots import plot_attributes, plot_lambda
+
     suffix = f"{dataset}, {seeds} seed(s), mean ± std"
     left = _series(records, "attributes",
                    lambda s, setting, m: s + (" (tuned)" if setting == "tuned" else ""), ("H",))

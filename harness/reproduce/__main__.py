@@ -19,16 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import reproduce_fig4 as fig4
-from harness import reproduce_paper as paper
-from harness import reproduce_tables as tables
 from harness import tracking
 from harness.cluster import check_address, check_cluster_capacity
 from harness.data.base import GZSLDataset
 from harness.data.registry import UnknownDatasetError, list_datasets, load_dataset
 from harness.errors import InputError, OneLineArgumentParser, run_cli
-from harness.reproduce_runner import ClusterOptions, GridTracker, Outcome, run_grid, start_ray
-from harness.reproduce_tuned import TunedConfig, apply_tuned, load_tuned, pick
+from harness.reproduce import fig4, paper, tables
+from harness.reproduce.runner import ClusterOptions, GridTracker, Outcome, run_grid, start_ray
+from harness.reproduce.tuned import TunedConfig, apply_tuned, load_tuned, pick
 
 # How to build each real dataset's feature cache, and the synthetic stand-in to try instead.
 PREPARE = {
@@ -177,7 +175,7 @@ def _tables(args, common: dict, tuned: list[TunedConfig]) -> tuple[tables.TableS
         if "," in args.dataset or "=" in args.dataset:
             raise InputError(f"--dataset {args.dataset}: table4 takes one dataset name")
         spec = tables.table4_spec(args.dataset, common, tuned)
-    return spec, [r.config.dataset for r in spec.rows]
+    return spec, [r.config.dataset for r in spec.rows if r.config is not None]
 
 
 def run_table(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int]:

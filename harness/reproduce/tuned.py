@@ -26,11 +26,10 @@ from pathlib import Path
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.methods import method_hyperparameters
 
 SWITCHES = ("dense_attention", "attribute_attention", "self_calibration", "trainable_semantics")
 CARRIED = ("epochs", "batch_size")
-SEARCH_MANIFEST = "search.json"  # harness.search_state.MANIFEST
+SEARCH_MANIFEST = "search.json"  # the search state's MANIFEST
 CANDIDATE_FILES = ("best_config.json", "best_configs.json", "best.json", "summary.json")
 RUN_ARTIFACTS = ("tables/summary.json", "summary.json", "best_config.json", "best_configs.json")
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
@@ -235,5 +234,7 @@ def pick(tuned: list[TunedConfig], model: str, dataset: str) -> TunedConfig | No
 
 def apply_tuned(base: TrainConfig, tuned: TunedConfig) -> TrainConfig:
     """`base` with the tuned hyperparameters of its method; switches and data options stay base's."""
+    from harness.methods import method_hyperparameters  # imports torch: not at --help time
+
     keys = (set(method_hyperparameters(base.model)) - set(SWITCHES)) | set(CARRIED)
     return replace(base, **{k: v for k, v in tuned.values.items() if k in keys}).validate()

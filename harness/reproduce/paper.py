@@ -1,10 +1,11 @@
 """The published numbers of Huynh & Elhamifar (CVPR 2020) as data, and their sanity check.
 
 The numbers live in harness/paper/*.csv (package data, read with importlib.resources) so a
-correction is a one-line data change, never a code change. Empty cells are numbers we could not
-source: they stay empty (printed as "n/a") rather than being guessed. Every GZSL row's printed H
-is checked against 2*s*u/(s+u) of its printed accuracies, because a published table can be
-internally inconsistent (Table 2 prints H 12.1 for ESZSL on SUN where 2*27.9*11.0/38.9 = 15.8).
+correction is a one-line data change, never a code change. Each row names its table in the
+`source` column; rows of methods this harness does not run (`run_here` 0) are printed as
+context. Every GZSL row's printed H is checked against 2*s*u/(s+u) of its printed accuracies,
+because a published table can be internally inconsistent (Table 2 prints H 12.1 for ESZSL on
+SUN where 2*27.9*11.0/38.9 = 15.8).
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ class PaperRow:
     @property
     def inconsistent(self) -> bool:
         return self.recomputed_h is not None
+
+    @property
+    def run_here(self) -> bool:
+        """False for a context row: a method of the paper's table that this harness does not run."""
+        return self.extra.get("run_here", "1").strip() != "0"
+
+    @property
+    def label(self) -> str:
+        return self.extra.get("label", "")
 
     def flag_note(self) -> str:
         if not self.inconsistent:
@@ -96,16 +106,26 @@ def table4() -> list[PaperRow]:
 
 @dataclass(frozen=True)
 class Claim:
-    """A qualitative claim of Table 4: row `better` beats row `worse` on `metrics`."""
+    """One statement of the paper's text about Table 4: `metric` of row `row` minus row `versus`.
+
+    `paper_delta` is computed from harness/paper/table4.csv; `stated_delta` is the number the
+    paper's text gives (None where it gives only a direction), kept so a test can check the two.
+    """
 
     text: str
-    metrics: tuple[str, ...]
-    better: str
-    worse: str
+    metric: str
+    row: str
+    versus: str
+    paper_delta: float | None
+    stated_delta: float | None = None
 
 
 def table4_claims() -> list[Claim]:
-    return [
-        Claim(r["claim"], tuple(m for m in r["metrics"].split(";") if m), r["better"], r["worse"])
-        for r in read_csv("table4_claims.csv")
-    ]
+    values = {r.keys["row"]: r.values for r in table4()}
+    claims = []
+    for r in read_csv("table4_claims.csv"):
+        a, b = values[r["row"]].get(r["metric"]), values[r["versus"]].get(r["metric"])
+        delta = None if a is None or b is None else round(a - b, 4)
+        claims.append(Claim(r["claim"], r["metric"], r["row"], r["versus"], delta,
+                            _number(r.get("stated_delta", ""), "table4_claims.csv", "stated_delta")))
+    return claims
