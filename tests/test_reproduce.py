@@ -305,3 +305,17 @@ def test_help_imports_neither_ray_nor_torch(argv):
     assert done.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert not imported & {"ray", "torch", "matplotlib"}
+
+
+def test_several_missing_caches_are_named_in_one_line(tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    code = reproduce.run(["table2", "--dataset", "cub,sun,awa2", "--data-root", str(empty), "--cache-dir", str(empty),
+                          "--tracking-uri", f"sqlite:///{db}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    for name in ("cub", "sun", "awa2"):
+        assert f"--dataset {name}" in err or f"{name}," in err or f"({name}" in err or f" {name}" in err
+    assert "python -m harness.features extract" in err and "synthetic" in err
+    assert not db.exists()

@@ -22,22 +22,12 @@ from pathlib import Path
 from harness import tracking
 from harness.cluster import check_address, check_cluster_capacity
 from harness.data.base import GZSLDataset
-from harness.data.registry import UnknownDatasetError, list_datasets, load_dataset
+from harness.data.registry import list_datasets, load_dataset, missing_data_message, prepare_command, stand_in
 from harness.errors import InputError, OneLineArgumentParser, run_cli
 from harness.reproduce import fig4, paper, tables
 from harness.reproduce.runner import ClusterOptions, GridTracker, Outcome, run_grid, start_ray
 from harness.reproduce.tuned import TunedConfig, apply_tuned, load_tuned, pick
 
-# How to build each real dataset's feature cache, and the synthetic stand-in to try instead.
-PREPARE = {
-    "cub": "python -m harness.features extract --dataset cub --data-root DIR",
-    "cub-ss": "python -m harness.features extract --dataset cub --data-root DIR",  # cub-ss reads cub's cache
-    "sun": "python -m harness.features extract --dataset sun --data-root DIR",
-    "awa2": "python -m harness.features extract --dataset awa2 --data-root DIR",
-    "deepfashion": "python -m harness.features extract --dataset deepfashion --data-root DIR",
-}
-STAND_IN = {"cub": "synthetic", "cub-ss": "synthetic", "sun": "synthetic", "awa2": "synthetic",
-            "deepfashion": "synthetic-deepfashion"}
 TARGETS = {
     "table2": ("GZSL of ESZSL, DeViSE and DAZLE on CUB, SUN, AWA2", "cub,sun,awa2", 3),
     "table3": ("DAZLE's ZSL accuracy on CUB, standard vs proposed split", "cub-ss,cub", 3),
@@ -56,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset", default=dataset, help=(
             f"default {dataset}. Comma list of PAPER=OURS items or bare names; a bare name that is not one of "
             "the paper's datasets stands in for all of them (e.g. synthetic)" if multi else
-            f"default {dataset}; e.g. {STAND_IN.get(dataset, 'synthetic')} for the synthetic stand-in"))
+            f"default {dataset}; e.g. {stand_in(dataset) or 'synthetic'} for the synthetic stand-in"))
         sp.add_argument("--seeds", type=int, default=seeds, help=f"seeds 0..N-1 per configuration (default {seeds})")
         sp.add_argument("--epochs", type=int, default=None, help="override the dataset's default (paper) epochs")
         sp.add_argument("--tuned", action="append", default=[], metavar="SOURCE",
@@ -90,22 +80,21 @@ def _one_line(text: str) -> str:
 
 
 def preflight(names: list[str], common: dict) -> dict[str, GZSLDataset]:
-    """Load every dataset once in the driver: a missing cache fails here, before Ray or MLflow start."""
-    loaded = {}
+    """Load every dataset once in the driver: missing caches fail here, all named in one line,
+    before Ray or MLflow start."""
+    loaded, missing = {}, {}
     for name in dict.fromkeys(names):
-        if name not in list_datasets() and name not in PREPARE:
+        if name not in list_datasets():
             load_dataset(name)  # raises the registry's error listing the known names
         try:
             loaded[name] = load_dataset(name, data_root=common.get("data_root"), cache_dir=common.get("cache_dir"),
                                         word_vectors=common.get("word_vectors"), data_seed=common.get("data_seed", 0))
         except (InputError, OSError) as err:
-            if name not in PREPARE:
+            if prepare_command(name) is None:
                 raise
-            reason = "its adapter is not installed" if isinstance(err, UnknownDatasetError) else _one_line(err)
-            raise InputError(
-                f"--dataset {name}: data or feature cache not available ({reason}); prepare it with "
-                f"`{PREPARE[name]}` (add --cache-dir DIR to choose where), or try the synthetic stand-in "
-                f"`--dataset {STAND_IN[name]}`") from err
+            missing[name] = _one_line(err)
+    if missing:
+        raise InputError(missing_data_message(list(missing), missing))
     return loaded
 
 
