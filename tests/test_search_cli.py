@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from harness.search import run
+from harness.search.__main__ import run
 
 
 def _closed_port() -> int:

@@ -7,9 +7,10 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.search_tune import TrialRecord
+if TYPE_CHECKING:  # tune imports Ray; the CLI's --help imports this module
+    from harness.search.tune import TrialRecord
 
 TRIAL_METRICS = ("val_H", "val_acc_seen", "val_acc_unseen", "val_zsl_top1", "val_ausuc", "loss")
 SHORT = {"test_acc_seen": "acc_s", "test_acc_unseen": "acc_u", "test_H": "H", "test_zsl_top1": "ZSL T1",

@@ -40,7 +40,7 @@ from harness import tracking
 from harness.config import TrainConfig
 from harness.data.base import GZSLDataset, RestrictedFeatures, SplitLeakError
 from harness.data.splits import ProtocolView, search_view
-from harness.search_space import same_point, trial_config
+from harness.search.space import same_point, trial_config
 from harness.train import DivergenceError, fit, resolve_dataset
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
