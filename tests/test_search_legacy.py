@@ -19,11 +19,13 @@ import io
 import json
 import pickletools
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-from faults import check_search_records, mlflow_records, ray_trials, run_cli
+from faults import check_search_records, cli_env, mlflow_records, ray_trials, run_cli
 
 pytestmark = pytest.mark.slow
 FIXTURE = Path(__file__).parent / "fixtures" / "search-folder-v0.1.tar.gz"
@@ -97,3 +99,26 @@ def test_search_folder_written_before_the_package_move_resumes(tmp_path):
         assert after.metrics == before.metrics and after.steps == before.steps
     assert [r.kind for r in after_runs.values()].count("search") == 1
     assert not list(tmp_path.glob("mlruns")), "artifacts went to ./mlruns"
+
+
+def test_old_pickles_load_through_the_aliases_onto_the_package(tmp_path):
+    """The old folder's tuner.pkl names harness.search_tune; with the aliases it loads the package's classes.
+
+    No file is left at the old paths. (In a checkout whose venv holds an editable install of an
+    older tree, that tree could answer the old names; the aliases take precedence over it.)
+    """
+    repo = Path(__file__).resolve().parents[1]
+    assert not list((repo / "harness").glob("search_*.py"))
+    storage, _ = _unpack(tmp_path)
+    script = (
+        "import pickle, sys\n"
+        "from harness.search.legacy import install_aliases\n"
+        "install_aliases()\n"
+        "state = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "callbacks = state['_run_config'].callbacks\n"
+        "print(sorted(f'{type(c).__module__}.{type(c).__name__}' for c in callbacks))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(storage / "dazle" / "tuner.pkl")], cwd=tmp_path,
+                         env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "['harness.search.tune.ProgressCallback', 'harness.search.tune.TrialRunsCallback']" in out.stdout
