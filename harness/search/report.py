@@ -1,4 +1,9 @@
-"""Result tables (CSV + Markdown) and the printed summary of a search."""
+"""Result tables (CSV + Markdown) and the printed summary of a search.
+
+The trial and final tables the driver writes to `results/<model>/` and logs to the parent run,
+and the summary printed at the end, come from here, so their columns and number formats are
+defined once (and `lam` is spelled `lambda`, as in MLflow). Plain Python: the CLI imports it.
+"""
 
 from __future__ import annotations
 
