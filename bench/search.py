@@ -47,7 +47,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from harness import tracking  # noqa: E402
 from harness.cluster import init_ray, shutdown_ray  # noqa: E402
 from harness.config import TrainConfig  # noqa: E402
-from harness.search_space import resolve_space  # noqa: E402
+from harness.search.space import resolve_space  # noqa: E402
 from harness.trainer import resolve_dataset  # noqa: E402
 
 CEILING_SNIPPET = """
@@ -80,8 +80,8 @@ def ceiling(args: argparse.Namespace, fits: int = 3) -> float:
 def one_search(concurrent: int, threads: int, args: argparse.Namespace, uri: str, exp: str, root: Path,
                tag: str, every_pass: bool = False) -> tuple[float, float]:
     """(wall seconds of Tuner.fit(), steady seconds from the first trial run's start to the last's end)."""
-    from harness.search_trial import TrialContext
-    from harness.search_tune import TunePlan, build_tuner
+    from harness.search.trial import TrialContext
+    from harness.search.tune import TunePlan, build_tuner
 
     dataset = resolve_dataset(TrainConfig(dataset=args.dataset))
     space = resolve_space("dazle", int(dataset.class_attributes.shape[1]))

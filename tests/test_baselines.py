@@ -13,7 +13,7 @@ from baselines.devise import DeViSE, hinge_rank_loss
 from baselines.eszsl import ESZSL, eszsl_closed_form, eszsl_objective, holistic_features
 from harness.config import TrainConfig
 from harness.methods import list_methods, method_hyperparameters
-from harness.search_space import check_space
+from harness.search.space import check_space
 from harness.trainer import SequentialPass, fit, predict_scores
 
 

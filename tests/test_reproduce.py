@@ -198,7 +198,7 @@ def test_tuned_json_layouts_and_what_is_carried(tmp_path):
     assert load_tuned(str(path), "sqlite:///unused.db")[0].values["eszsl_gamma"] == 10.0
     manifest = tmp_path / "storage"
     manifest.mkdir()
-    (manifest / "search.json").write_text(json.dumps({  # what harness.search writes (search_state.py)
+    (manifest / "search.json").write_text(json.dumps({  # what harness.search writes (harness/search/state.py)
         "version": 1, "settings": {"dataset": "synthetic"}, "models": {
             "dazle": {"stage": "done", "summary": {"dataset": "synthetic", "model": "dazle",
                                                    "best_config": {"lam": 0.2, "num_attributes": 30, "lr": 5e-4}}},

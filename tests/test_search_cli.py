@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from harness.search import run
+from harness.search.__main__ import run
 
 
 def _closed_port() -> int:
@@ -67,3 +71,14 @@ def test_bad_options_and_storage(workdir, capsys):
     _fails(["--dataset", "no-such-dataset", "--storage", "x"], capsys, "--dataset")
     _fails(["--dataset", "synthetic", "--model", "no-such-model", "--storage", "x"], capsys, "--model")
     assert not (workdir / "x").exists()
+
+
+def test_help_imports_neither_ray_nor_torch():
+    """`--help` answers without the heavy imports (the package's modules defer them to the steps)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness.search", "--help"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: python -m harness.search" in out.stdout, out.stderr[-2000:]
+    heavy = [line for line in out.stderr.splitlines() if line.split("|")[-1].strip() in ("ray", "torch")]
+    assert not heavy, heavy

@@ -283,9 +283,9 @@ def test_diverging_trial_is_failed_once_and_a_failing_trial_is_retried(stack, tm
 
     from harness import tracking
     from harness.config import TrainConfig
-    from harness.search_space import resolve_space
-    from harness.search_trial import TrialContext
-    from harness.search_tune import TrialRunsCallback, TunePlan, collect, trainable
+    from harness.search.space import resolve_space
+    from harness.search.trial import TrialContext
+    from harness.search.tune import TrialRunsCallback, TunePlan, collect, trainable
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)

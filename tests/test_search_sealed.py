@@ -8,7 +8,7 @@ import pytest
 from harness.config import TrainConfig
 from harness.data.base import SplitLeakError
 from harness.data.splits import final_view
-from harness.search_trial import check_sealed, forbidden_indices, sealed_dataset, trial_dataset
+from harness.search.trial import check_sealed, forbidden_indices, sealed_dataset, trial_dataset
 from harness.trainer import fit, resolve_dataset
 
 

@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from harness.config import TrainConfig
 from harness.errors import InputError
-from harness.search_space import check_space, resolve_space, same_point, trial_config
+from harness.search.space import check_space, resolve_space, same_point, trial_config
 
 
 def test_dazle_space_resolves_all_attributes_and_paper_defaults():
@@ -93,7 +93,7 @@ def test_optuna_search_starts_with_paper_config_and_keeps_history_across_restore
 def test_paper_configuration_is_never_stopped_early():
     from ray.tune.experiment import Trial
 
-    from harness.search_tune import PaperFirstASHA
+    from harness.search.tune import PaperFirstASHA
 
     paper = {"lam": 0.1, "num_attributes": 48, "lr": 1e-4}
     scheduler = PaperFirstASHA(paper, time_attr="training_iteration", metric="val_H", mode="max", max_t=10,
@@ -114,7 +114,7 @@ def test_trials_report_exactly_at_the_passes_where_asha_decides(max_t):
     """Trials report to Tune only at ASHA's rungs (and their last pass): the rungs must be Ray's own."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from harness.search_tune import grace_period, rung_passes
+    from harness.search.tune import grace_period, rung_passes
 
     grace = grace_period(max_t)
     asha = ASHAScheduler(time_attr="pass", metric="val_H", mode="max", max_t=max_t, grace_period=grace,

@@ -1,7 +1,7 @@
 """The trainer's model interface and the registry of methods (DAZLE and the baselines).
 
 A method is built from a `MethodSpec` (class semantics, word vectors, seen/unseen classes of
-the split view, feature shape) and a TrainConfig, and then driven by harness.train:
+the split view, feature shape) and a TrainConfig, and then driven by harness.trainer.fit:
 `train_step` on each class-balanced batch, `end_epoch` after each epoch (closed-form methods
 solve there), `scores` for evaluation. Adding a method = one module, named as the method, that
 registers a builder. Importing this package imports no torch: `indexed_methods()` lists the

@@ -385,7 +385,7 @@ def ray_trials(experiment_path: Path) -> dict[str, RayTrial]:
     """Ray Tune's view of an experiment folder (its saved experiment state)."""
     from ray.tune import ExperimentAnalysis
 
-    from harness.search_tune import passes_done
+    from harness.search.tune import passes_done
 
     analysis = ExperimentAnalysis(str(experiment_path))
     out = {}

@@ -28,8 +28,8 @@ DRIVER = textwrap.dedent(f"""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from harness import search, search_tune
-    from harness.search_space import ResolvedSpace
+    from harness.search import __main__ as search, tune as search_tune
+    from harness.search.space import ResolvedSpace
 
     HUGE = {HUGE_LR!r}
 

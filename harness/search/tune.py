@@ -22,8 +22,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from harness import tracking
-from harness.search_space import ResolvedSpace, same_point
-from harness.search_trial import PASS, TrialContext, run_trial
+from harness.search.space import ResolvedSpace, same_point
+from harness.search.trial import PASS, TrialContext, run_trial
 
 METRIC, MODE = "val_H", "max"
 

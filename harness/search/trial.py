@@ -40,7 +40,7 @@ from harness import tracking
 from harness.config import TrainConfig
 from harness.data.base import GZSLDataset, RestrictedFeatures, SplitLeakError
 from harness.data.splits import ProtocolView, search_view
-from harness.search_space import same_point, trial_config
+from harness.search.space import same_point, trial_config
 from harness.trainer import DivergenceError, fit, resolve_dataset
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
@@ -200,84 +200,95 @@ def _read_state(checkpoint) -> dict[str, Any]:
 # ---------------------------------------------------------------- the trainable
 
 
-def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
-    """Ray Tune function trainable: one configuration, logged every validation pass, reported at ASHA's rungs."""
-    from ray import tune
+class TrialReporter:
+    """fit()'s reporter for one trial: logs every validation pass to MLflow and reports to Tune.
 
-    trial_id = tune.get_context().get_trial_id()
-    config = trial_config(ctx.base, params)
-    state = _read_state(tune.get_checkpoint())
-    done_iterations = int(state.get("iteration", 0))
-    tags = {
+    It holds what the passes share: the pass count, when the last checkpoint was taken, the latest
+    pass Tune has not seen, and the MLflow metric buffer. A restored trial replays its passes up to
+    the checkpoint (`done_iterations`) without reporting them again, and never logs an MLflow step
+    it already logged (`logged_up_to`).
+    """
+
+    def __init__(self, ctx: TrialContext, ref: tracking.RunRef, config: TrainConfig, done_iterations: int,
+                 logged_up_to: int | None) -> None:
+        self.ctx, self.ref, self.done_iterations, self.logged_up_to = ctx, ref, done_iterations, logged_up_to
+        self.step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
+        self.iteration = 0
+        self.last_checkpoint = -math.inf
+        self.unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
+        # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a
+        # restored trial that skips the passes up to its checkpoint never leaves a hole.
+        self.metrics_out = tracking.MetricBuffer(ref, ctx.metrics_interval_s)
+
+    def __call__(self, record: dict[str, float]) -> None:
+        from ray import tune
+
+        self.iteration += 1
+        if self.iteration <= self.done_iterations:  # replayed pass, already reported before the restore
+            return
+        metrics = {k: float(record[k]) for k in REPORTED_METRICS if k in record}
+        metrics["epoch"] = float(record["epoch"])
+        step = int(record["epoch"]) if self.step_key == "epoch" else self.iteration
+        if self.logged_up_to is None or step > self.logged_up_to:
+            self.metrics_out.add(metrics, step=step)
+        result = {**metrics, PASS: self.iteration, "diverged": 0.0}
+        if self.ctx.report_passes is not None and self.iteration not in self.ctx.report_passes:
+            self.unreported = result
+            return  # nothing decides on this pass: no round trip to the driver (the last goes after fit)
+        self.unreported = {}
+        now = time.monotonic()
+        if now - self.last_checkpoint < self.ctx.checkpoint_interval_s:
+            tune.report(result)
+            return
+        self.last_checkpoint = now
+        self.metrics_out.flush()
+        with tempfile.TemporaryDirectory() as folder:
+            state = {"iteration": self.iteration, "epoch": record["epoch"], "step": record["step"],
+                     "run_id": self.ref.run_id}
+            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _trial_tags(ctx: TrialContext, config: TrainConfig, trial_id: str, params: dict[str, Any]) -> dict[str, str]:
+    return {
         "kind": "trial", "dataset": config.dataset, "model": config.model, "ray_trial_id": trial_id,
         "node": socket.gethostname(), "ray_node": node_name(), "git_commit": ctx.git_commit,
         "search": ctx.search_name, "paper_config": str(same_point(params, ctx.paper_point)).lower(),
     }
-    previous = find_trial_run(ctx, trial_id)
-    if finished_before(previous):  # restored by a resumed search, but it had ended: do not re-run it
-        replay_finished(previous, done_iterations, ctx.tracking_uri)
-        return
+
+
+def _dataset_or_fail(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str],
+                     previous) -> tuple[GZSLDataset, np.ndarray]:
+    """This node's sealed dataset; when unreadable, the failure goes to MLflow too before Ray retries it."""
     try:
-        dataset, forbidden = trial_dataset(config)
+        return trial_dataset(config)
     except FeatureCacheError as err:
         # Record the failure in MLflow too, then let Ray retry it (another node may work).
         ref = open_trial_run(ctx, trial_id, config, tags, previous)
         tracking.set_tags(ref, {"error": str(err)[:5000], "failure_reason": "feature cache unreadable"})
         tracking.end_run(ref, "FAILED")
         raise
-    tags["feature_cache_id"] = dataset.feature_cache_id
-    ref = open_trial_run(ctx, trial_id, config, tags, previous)
-    step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
-    # A reopened run may hold epochs beyond the last checkpoint (Ray's snapshot can lag MLflow):
-    # never log a step twice.
-    logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
-    iteration = 0
-    last_checkpoint = -math.inf
-    unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
-    # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a
-    # restored trial that skips the passes up to its checkpoint never leaves a hole.
-    metrics_out = tracking.MetricBuffer(ref, ctx.metrics_interval_s)
 
-    def report(record: dict[str, float]) -> None:
-        nonlocal iteration, last_checkpoint, unreported
-        iteration += 1
-        if iteration <= done_iterations:  # replayed pass, already reported before the restore
-            return
-        metrics = {k: float(record[k]) for k in REPORTED_METRICS if k in record}
-        metrics["epoch"] = float(record["epoch"])
-        step = int(record["epoch"]) if step_key == "epoch" else iteration
-        if logged_up_to is None or step > logged_up_to:
-            metrics_out.add(metrics, step=step)
-        result = {**metrics, PASS: iteration, "diverged": 0.0}
-        if ctx.report_passes is not None and iteration not in ctx.report_passes:
-            unreported = result
-            return  # nothing decides on this pass: no round trip to the driver (the last goes after fit)
-        unreported = {}
-        now = time.monotonic()
-        if now - last_checkpoint < ctx.checkpoint_interval_s:
-            tune.report(result)
-            return
-        last_checkpoint = now
-        metrics_out.flush()
-        with tempfile.TemporaryDirectory() as folder:
-            state = {"iteration": iteration, "epoch": record["epoch"], "step": record["step"], "run_id": ref.run_id}
-            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
+def _fit_and_report(config: TrainConfig, dataset: GZSLDataset, forbidden: np.ndarray, reporter: TrialReporter):
+    """fit() with the reporter; the FitResult, or None when the configuration diverged (recorded, not retried)."""
+    from ray import tune
+
+    ref, metrics_out = reporter.ref, reporter.metrics_out
     try:
-        result = fit(config, dataset, reporter=report)
+        result = fit(config, dataset, reporter=reporter)
         check_sealed(result.view, forbidden)
-        if unreported:  # the last pass, unless it was a rung: Tune gets the final metrics
-            tune.report(unreported)
+        if reporter.unreported:  # the last pass, unless it was a rung: Tune gets the final metrics
+            tune.report(reporter.unreported)
     except DivergenceError as err:
         # A NaN loss is a property of the configuration: record it as failed, do not retry it.
         metrics_out.flush()
         tracking.set_tags(ref, {"failure_reason": "diverged", "error": str(err), "diverged_epoch": err.epoch,
                                 "diverged_step": err.step})
         tracking.end_run(ref, "FAILED")
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0, PASS: iteration + 1,
-                     "diverged_step": float(err.step), "error": str(err)})
-        return
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+                     PASS: reporter.iteration + 1, "diverged_step": float(err.step), "error": str(err)})
+        return None
     except SystemExit:
         # Tune stops a trial by raising SystemExit inside tune.report: ASHA stopping it early (the
         # driver's callback then ends the run FINISHED) or the search being interrupted (the run
@@ -291,8 +302,33 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         tracking.set_tags(ref, {"error": f"{type(err).__name__}: {err}"[:5000], "failure_reason": type(err).__name__})
         tracking.end_run(ref, "FAILED")
         raise
+    return result
+
+
+def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune function trainable: one configuration, logged every validation pass, reported at ASHA's rungs."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_config(ctx.base, params)
+    done_iterations = int(_read_state(tune.get_checkpoint()).get("iteration", 0))
+    tags = _trial_tags(ctx, config, trial_id, params)
+    previous = find_trial_run(ctx, trial_id)
+    if finished_before(previous):  # restored by a resumed search, but it had ended: do not re-run it
+        replay_finished(previous, done_iterations, ctx.tracking_uri)
+        return
+    dataset, forbidden = _dataset_or_fail(ctx, trial_id, config, tags, previous)
+    tags["feature_cache_id"] = dataset.feature_cache_id
+    ref = open_trial_run(ctx, trial_id, config, tags, previous)
+    # A reopened run may hold epochs beyond the last checkpoint (Ray's snapshot can lag MLflow):
+    # never log a step twice.
+    logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
+    reporter = TrialReporter(ctx, ref, config, done_iterations, logged_up_to)
+    result = _fit_and_report(config, dataset, forbidden, reporter)
+    if result is None:
+        return
     extra = {k: v for k, v in result.metrics.items() if k not in REPORTED_METRICS}
-    metrics_out.add(extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
-    metrics_out.flush()
+    reporter.metrics_out.add(extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
+    reporter.metrics_out.flush()
     tracking.set_tags(ref, {"stopped_early": "false", "fit_seconds": f"{result.seconds:.2f}"})
     tracking.end_run(ref, "FINISHED")

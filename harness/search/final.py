@@ -20,7 +20,7 @@ import numpy as np
 
 from harness import plots, tracking
 from harness.config import TrainConfig
-from harness.search_trial import load_on_node, node_name
+from harness.search.trial import load_on_node, node_name
 from harness.trainer import FitResult, fit
 
 TEST_METRICS = ("test_acc_seen", "test_acc_unseen", "test_H", "test_zsl_top1", "test_ausuc")

@@ -1,4 +1,9 @@
-"""Result tables (CSV + Markdown) and the printed summary of a search."""
+"""Result tables (CSV + Markdown) and the printed summary of a search.
+
+The trial and final tables the driver writes to `results/<model>/` and logs to the parent run,
+and the summary printed at the end, come from here, so their columns and number formats are
+defined once (and `lam` is spelled `lambda`, as in MLflow). Plain Python: the CLI imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.search_tune import TrialRecord
+if TYPE_CHECKING:  # tune imports Ray; the CLI's --help imports this module
+    from harness.search.tune import TrialRecord
 
 TRIAL_METRICS = ("val_H", "val_acc_seen", "val_acc_unseen", "val_zsl_top1", "val_ausuc", "loss")
 SHORT = {"test_acc_seen": "acc_s", "test_acc_unseen": "acc_u", "test_H": "H", "test_zsl_top1": "ZSL T1",
@@ -82,7 +88,7 @@ def config_line(params: dict[str, Any]) -> str:
 
 
 def summary_text(s: dict[str, Any]) -> str:
-    """The human summary of one model's search (the dict `search.py` also prints as JSON)."""
+    """The human summary of one model's search (the dict `python -m harness.search --json` also prints)."""
     counts = s["trial_counts"]
     lines = [
         f"{s['model']} on {s['dataset']}: {sum(counts.values())} trials "

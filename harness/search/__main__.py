@@ -1,0 +1,144 @@
+"""`python -m harness.search`: hyperparameter search on validation classes, then one test.
+
+For each model: Ray Tune runs trials (harness.trainer.fit, stage "search": train classes against
+validation classes, no test image reachable), Optuna's TPE proposes configurations starting from
+the paper's, ASHA stops weak ones from their per-epoch validation H. The best configuration is
+then retrained on trainval with --final-seeds seeds and evaluated once on test. Everything is
+tracked in MLflow (a parent run per model's search, a child run per trial and per final seed)
+and the search folder (--storage) lets `--resume` continue after the driver was killed.
+
+This module is the CLI only: the parser, the checks that run before Ray starts, and the loop over
+models. The package's modules: settings (the options), space (spaces -> Optuna), trial (the
+trainable), tune (Tuner, scheduler, callbacks), driver (one model's search), final (retrain +
+test), state (the folder), report (tables), legacy (old module names for old folders);
+harness.cluster (Ray), harness.plots, harness.tracking. `--help` imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness import tracking
+from harness.cluster import check_address, check_cluster_capacity, check_local_capacity, ray_session
+from harness.data.registry import list_datasets
+from harness.errors import InputError, run_cli
+from harness.search.driver import SearchFailed, load_driver_dataset, resolve_models, search_model
+from harness.search.report import summary_text
+from harness.search.settings import PROG, SearchSettings, settings_from_args
+from harness.search.space import resolve_space
+from harness.search.state import SearchState, check_new_storage, default_storage, latest_storage
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = SearchSettings()
+    p = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(list_datasets())}")
+    p.add_argument("--model", default=d.model, help="dazle, eszsl, devise, or all (one search per model)")
+    p.add_argument("--num-samples", type=int, default=None, help=f"trials per model (default {d.num_samples})")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits the cluster)")
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="fractions allowed, e.g. 0.25")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local instance)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    p.add_argument("--storage", default=None, help="search folder (default ./searches/<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --storage (default: the latest)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds TPE, the trials' models and the first final seed")
+    p.add_argument("--final-seeds", type=int, default=None, help=f"retrains of the best config (default {d.final_seeds})")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial and final run (default: the dataset's)")
+    p.add_argument("--reports-per-epoch", type=int, default=d.reports_per_epoch,
+                   help="validation passes per epoch (ASHA rungs) for long epochs such as DeepFashion's")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failing trial")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None, help="feature caches (default $HARNESS_CACHE or ./cache)")
+    p.add_argument("--word-vectors", default=None)
+    p.add_argument("--data-seed", type=int, default=d.data_seed)
+    p.add_argument("--smoke-test", action="store_true", help="a tiny search: 4 trials, 3 epochs, 1 final seed")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    return p
+
+
+def _prepare_state(args: argparse.Namespace, settings: SearchSettings) -> tuple[SearchState, bool]:
+    """The search folder: a new one (refusing to overwrite) or the one to resume."""
+    if args.resume:
+        folder = Path(args.storage).expanduser().resolve() if args.storage else latest_storage(settings.dataset)
+        state = SearchState.load(folder)
+        if args.tracking_uri and args.tracking_uri != state.tracking_uri:
+            raise InputError(f"--tracking-uri {args.tracking_uri}: this search logs to {state.tracking_uri}; "
+                             "a resumed search must use the same store")
+        return state, True
+    folder = Path(args.storage).expanduser().resolve() if args.storage else default_storage(settings.dataset)
+    check_new_storage(folder)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    return SearchState(folder, asdict(settings), uri, settings.experiment), False
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    settings = settings_from_args(args)
+    state, resume = _prepare_state(args, settings)
+    if resume:
+        settings = SearchSettings(**state.settings).validate()
+    tracking.check_tracking(state.tracking_uri)
+    address = check_address(args.address) if args.address else None
+    dataset = load_driver_dataset(settings)
+    models = resolve_models(settings.model)
+    num_attributes = int(dataset.class_attributes.shape[1])
+    spaces = {model: resolve_space(model, num_attributes) for model in models}  # a bad space fails here
+    if address is None:
+        check_local_capacity(settings)
+    if address and state.tracking_uri.startswith("sqlite:"):
+        print(f"{PROG}: warning: trials on other nodes write to {state.tracking_uri}; that path must be "
+              "shared by every node (or use an MLflow server with --tracking-uri http://...)", file=sys.stderr)
+    print(f"{PROG}: search folder {state.folder}" + (" (resuming)" if resume else ""), file=sys.stderr)
+    summaries: list[dict[str, Any]] = []
+    try:
+        with ray_session(address, verbose=args.verbose) as resources:
+            if address:
+                check_cluster_capacity(settings, address)
+            state.experiment_id = tracking.experiment_id(state.tracking_uri, state.experiment)
+            state.save()
+            for model in models:
+                summaries.append(search_model(model, spaces[model], state, settings, dataset, resources, resume))
+    except SearchFailed as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
+            raise
+        raise InputError(
+            f"--tracking-uri {state.tracking_uri}: the tracking store became unreachable during the search "
+            f"({type(err).__name__}); the search's state is kept: once the store is back, resume with "
+            f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
+        ) from err
+    seconds = time.perf_counter() - started
+    for summary in summaries:
+        print(summary_text(summary))
+    print(f"search folder: {state.folder}   (resume: python -m {PROG} --dataset {settings.dataset} "
+          f"--storage {state.folder} --resume)")
+    print(f"MLflow: {tracking.ui_command(state.tracking_uri)}   (experiment {state.experiment!r})")
+    print(f"total {seconds:.1f} s")
+    if args.json:
+        if len(summaries) == 1:
+            out = {**summaries[0], "seconds": seconds}
+        else:
+            out = {"dataset": settings.dataset, "models": {s["model"]: s for s in summaries}, "seconds": seconds}
+        out.update(storage=str(state.folder), tracking_uri=state.tracking_uri)
+        print(json.dumps(out, default=str))
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return run_cli(lambda: main(args), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
