@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from faults import check_search_records, cli_env, mlflow_records, ray_trials, run_cli
 
+from harness.search.legacy import install_aliases
+
 pytestmark = pytest.mark.slow
 FIXTURE = Path(__file__).parent / "fixtures" / "search-folder-v0.1.tar.gz"
 OLD_ROOT = "/tmp/searchfx/v0"
@@ -75,6 +77,9 @@ def test_rewritten_pickles_name_the_old_modules_and_no_old_path(tmp_path):
 
 def test_search_folder_written_before_the_package_move_resumes(tmp_path):
     storage, uri = _unpack(tmp_path)
+    # Reading the old experiment state here needs the old module names, as the driver's restore
+    # does (the driver, a separate process below, installs its own).
+    install_aliases()
     before_runs = {r.run_id: r for r in mlflow_records(uri)}
     before_ray = ray_trials(storage / "dazle")
     assert before_ray[FINISHED_TRIAL].status == "TERMINATED"
