@@ -318,12 +318,10 @@ def _final_metrics(run: _FitRun) -> tuple[dict[str, float], SeenUnseenCurve, dic
     metrics, curve, scores = run.last_eval if run.last_eval is not None else evaluate(run.method, run.view, config)
     final = {**metrics.as_dict(prefix), "loss": run.history[-1]["loss"] if run.history else float("nan")}
     extras: dict = {"scores": scores}
-    shift = stacking_shift(curve)
-    if config.stage == "search":
-        final[f"{prefix}best_shift"] = shift
-        extras["best_shift"] = shift
+    if config.stage == "search":  # the shift is chosen on validation classes only, never on the test curve
+        final[f"{prefix}best_shift"] = extras["best_shift"] = stacking_shift(curve)
     if config.calibrated_stacking:
-        gamma = shift if config.stage == "search" else float(config.calibration_shift)
+        gamma = extras["best_shift"] if config.stage == "search" else float(config.calibration_shift)
         cs = calibrated_stacking(scores, run.view, gamma)
         final.update({f"{prefix}cs_acc_seen": cs[0], f"{prefix}cs_acc_unseen": cs[1], f"{prefix}cs_H": cs[2],
                       "calibration_shift": gamma})

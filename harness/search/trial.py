@@ -96,19 +96,43 @@ def load_on_node(config: TrainConfig) -> GZSLDataset:
     return dataset
 
 
-def sealed_dataset(dataset: GZSLDataset) -> GZSLDataset:
-    """The dataset as a search trial may see it: no test index, features of the search view only.
+def _seal_annotations(annotations: dict, inside: np.ndarray) -> dict:
+    """Per-image annotations (one row per image) keep only trainval rows; others are blanked."""
+    out = {}
+    for key, value in annotations.items():
+        if isinstance(value, np.ndarray) and value.ndim and len(value) == len(inside):
+            blank = False if value.dtype == bool else (-1 if np.issubdtype(value.dtype, np.integer) else np.nan)
+            value = np.where(inside.reshape(-1, *([1] * (value.ndim - 1))), value, blank).astype(value.dtype)
+        out[key] = value
+    return out
 
-    Test locations are emptied and the feature source refuses (SplitLeakError) every image
-    outside the search view, so code that asks for a test image fails instead of reading it.
+
+def sealed_dataset(dataset: GZSLDataset) -> GZSLDataset:
+    """The dataset as a search trial may see it: seen classes and trainval images only.
+
+    Test locations are emptied, every image outside trainval has label -1 (and blank per-image
+    annotations), the test-unseen classes are gone (their names and attribute rows; the seen
+    classes are renumbered 0..S-1 in order, so the search view is the same), and the feature
+    source refuses (SplitLeakError) every image outside the search view, so code that asks for a
+    test image fails instead of reading it. A search's unseen classes are the validation classes.
     """
     view = search_view(dataset)
+    seen = np.sort(dataset.seen_classes)
+    renumber = np.full(dataset.num_classes, -1, dtype=np.int64)
+    renumber[seen] = np.arange(len(seen))
+    inside = np.zeros(len(dataset.labels), dtype=bool)
+    inside[dataset.trainval_loc] = True
     empty = np.zeros(0, dtype=np.int64)
     return replace(
         dataset,
+        labels=np.where(inside, renumber[dataset.labels], -1),
+        class_names=[dataset.class_names[c] for c in seen],
+        class_attributes=dataset.class_attributes[seen],
+        val_classes=renumber[dataset.val_classes],
         features=RestrictedFeatures(dataset.features, view.all_indices()),
         test_seen_loc=empty,
         test_unseen_loc=empty,
+        annotations=_seal_annotations(dataset.annotations, inside),
     )
 
 
