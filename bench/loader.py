@@ -116,20 +116,18 @@ def evict(folder: Path, drop_all: bool, reader=None) -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def item_offsets(reader, indices: np.ndarray) -> list[tuple[Path, int, int]]:
-    """(data.mdb, offset, length) of the pages that hold each item, from the reader's own map."""
-    from harness.features.store import _map_ranges, _page_range, item_key
+def random_spots(folder: Path, item_bytes: int, n: int, seed: int = 3) -> list[tuple[Path, int, int]]:
+    """(data.mdb, offset, length): `n` page-aligned blocks of an item's size (its run of pages) at
+    random places in the cache's files; LMDB is not asked, so nothing is read to find them."""
+    from harness.features.store import CRC_BYTES
 
+    length = -(-(item_bytes + CRC_BYTES + 16) // 4096) * 4096
+    rng = np.random.default_rng(seed)
+    files = data_files(folder)
     out = []
-    for env, shard in zip(reader.envs, reader.shard_dirs, strict=True):
-        path = shard / "data.mdb"
-        base = _map_ranges(path)[0][0]
-        with env.begin(buffers=True) as txn:
-            for i in indices:
-                value = txn.get(item_key(int(i)))
-                if value is not None:
-                    start, length = _page_range(value)
-                    out.append((path, start - base, length))
+    for k in rng.integers(0, len(files), n):
+        pages = (files[k].stat().st_size - length) // 4096
+        out.append((files[k], int(rng.integers(0, pages)) * 4096, length))
     return out
 
 
@@ -166,14 +164,13 @@ def cold_reads(folder: Path, reader, endless, device, batch: int, args) -> float
     window from cold; returns the probe's 4-in-flight rate in batches/s."""
     from harness.features.loader import PrefetchingBatches
 
-    rng = np.random.default_rng(3)
-    spots = item_offsets(reader, rng.choice(len(reader), min(len(reader), 40000), replace=False))
+    spots = random_spots(folder, reader.item_bytes, 100000)
     size = spots[0][2]
     rates = {}
     for in_flight in (1, 4):
         evict(folder, args.drop_caches, reader)
         rates[in_flight] = pread_probe(spots, in_flight, args.window)
-        print(f"  probe  pread {size / 1024:.0f} KiB at random items, {in_flight} in flight: "
+        print(f"  probe  pread {size / 1024:.0f} KiB at random offsets, {in_flight} in flight: "
               f"{rates[in_flight]:7.0f} items/s = {rates[in_flight] * size / 2**20:6.0f} MiB/s = "
               f"{rates[in_flight] / batch:6.1f} batches of {batch}/s", flush=True)
     probe = rates[4] / batch
@@ -210,6 +207,7 @@ def main() -> int:
     p.add_argument("--cold-seconds", type=float, default=60.0, help="--cold: how long the loader reads")
     p.add_argument("--drop-caches", action="store_true", help="--cold: also drop all caches (root)")
     p.add_argument("--no-readahead", action="store_true", help="open LMDB with readahead=False (MADV_RANDOM)")
+    p.add_argument("--read-threads", type=int, default=None, help="the reader's threads (default: its own)")
     p.add_argument("--no-request-ahead", action="store_true",
                    help="read item by item as the loader did before (no MADV_WILLNEED for the batch)")
     args = p.parse_args()
@@ -234,6 +232,8 @@ def main() -> int:
               file=sys.stderr)
         reader = open_store(folder)
         reader.request_ahead = not args.no_request_ahead
+        if args.read_threads:
+            reader.read_threads = args.read_threads
         labels = np.random.default_rng(2).integers(0, SEEN, args.items)
         sampler = ClassBalancedSampler(labels, 50, seed=0)
         batch = len(sampler.next_batch())
@@ -249,7 +249,8 @@ def main() -> int:
         if args.cold:
             print(f"cold reads: {args.items} items, {sum(f.stat().st_size for f in data_files(folder)) / 2**30:.1f} "
                   f"GiB on disk, RAM {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB, "
-                  f"check {'off' if args.no_verify else 'on'}, request-ahead {'off' if args.no_request_ahead else 'on'}")
+                  f"check {'off' if args.no_verify else 'on'}, request-ahead {'off' if args.no_request_ahead else 'on'}, "
+                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}")
             reader.verify_reads = not args.no_verify
             cold_reads(folder, reader, endless, device, batch, args)
             read_rates = {}

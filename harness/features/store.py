@@ -58,6 +58,7 @@ RELEASE_EVERY_ITEMS = 50
 _MADV_WILLNEED, _MADV_DONTNEED = 3, 4
 _PAGE = 4096
 READAHEAD = True
+READ_THREADS = 4
 
 
 def _map_ranges(data_file: Path) -> list[tuple[int, int]]:
@@ -568,6 +569,11 @@ class FeatureStoreReader:
         # Before copying a batch, ask the kernel for all its items at once (MADV_WILLNEED): on a
         # cold cache the disk then has a batch of reads in flight instead of one page fault at a time.
         self.request_ahead = True
+        # Threads that look items up, copy and check them (LMDB's lookups, the copies and zlib's CRC
+        # release the GIL): on a cold cache each lookup waits for a page of its item, so they wait
+        # side by side; warm, the copies and checks share the cores.
+        self.read_threads = READ_THREADS
+        self._pool = None
         self._ranges = [r for d in self.shard_dirs for r in _map_ranges(d / "data.mdb")]
         dirs = self.shard_dirs
         self.metadata = dict(self.shard_meta[0])
@@ -715,9 +721,19 @@ class FeatureStoreReader:
         if (where < 0).any():
             self._raise_absent(indices[where < 0])
         flat = out.reshape(len(out), self.feature_dim * self.num_regions)
+        jobs = []
+        threads = max(1, min(self.read_threads, len(indices) // 4))
         for e, env in enumerate(self.envs):
-            rows = np.flatnonzero(where == e) if len(self.envs) > 1 else range(len(indices))
-            self._copy_from(env, indices, rows, flat)
+            rows = np.flatnonzero(where == e) if len(self.envs) > 1 else np.arange(len(indices))
+            jobs += [(env, rows[k::threads]) for k in range(threads) if len(rows[k::threads])]
+        if len(jobs) == 1:
+            self._copy_from(jobs[0][0], indices, jobs[0][1], flat)
+        else:
+            futures = [self._executor().submit(self._copy_from, env, indices, rows, flat) for env, rows in jobs]
+            for future in futures:  # every job finishes before `out` is handed back; the first error wins
+                future.exception()
+            for future in futures:
+                future.result()
         self._since_release += len(indices)
         if self.release_every and self._since_release >= self.release_every:
             self.release_pages()
@@ -748,6 +764,13 @@ class FeatureStoreReader:
                         raise self._damaged(index, "checksum mismatch (its stored bytes changed after writing)")
         except lmdb.Error as err:
             raise self._damaged(index, f"LMDB cannot read it, its pages are damaged ({err})") from None
+
+    def _executor(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.read_threads, thread_name_prefix="feature-read"))
+        return self._pool[1]
 
     def _damaged(self, index: int | None, what: str) -> DamagedCacheError:
         return damaged(self.folder, what, item=index, rebuild=_rebuild_command(self.metadata))
@@ -787,6 +810,10 @@ class FeatureStoreReader:
         return _dir_size(self.folder)
 
     def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=True)
+        self._pool = None
         if self._pid == os.getpid():
             for path in self.shard_dirs:
                 _release(path)
