@@ -8,10 +8,19 @@ measures, in one process:
 2. steps: DAZLE training steps (harness.methods.dazle: forward, the paper's loss, backward,
    RMSprop) on batches already on the device, 1000 attributes, 46 classes, 300-d vectors;
 3. both together: the training loop fed by PrefetchingBatches (reading overlaps compute).
-It prints reads/s over steps/s (target: at least 5x) and the steps/s of the fed loop.
+It prints reads/s over steps/s (target: at least 5x) and the steps/s of the fed loop. Reads are
+measured with the per-item CRC32 check on and off, interleaved; `--no-verify` turns it off for the
+rest of the run.
+
+With --cold, the cache file is evicted from the page cache first (posix_fadvise DONTNEED per file,
+no root needed; --drop-caches also drops every cache, as root), and the run prints the disk's
+random-read rate for item-sized reads (os.pread at the offsets of random items, 1 and 4 in
+flight, each after a fresh eviction), then the loader's batches/s per --window seconds from cold,
+and their ratio to the 4-in-flight probe (issue 18's target: 0.8), then the trainer's steps/s.
 
     python bench/loader.py                    # CPU
     python bench/loader.py --device cuda      # on a GPU node
+    python bench/loader.py --items 150000 --cold --dir /big/disk   # a cache larger than memory
 
 Run from the repository root with the project installed (`pip install -e .`), as
 `python bench/loader.py`: it imports the project's packages as installed.
@@ -20,14 +29,18 @@ Run from the repository root with the project installed (`pip install -e .`), as
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from harness.features import store
 from harness.features.store import CacheKey, FeatureStoreWriter, open_store
 
 ATTRIBUTES, CLASSES, SEEN, WORD_DIM, F, R = 1000, 46, 36, 300, 2048, 49
@@ -42,11 +55,13 @@ def build(folder: Path, count: int) -> None:
     ident = {**CacheKey("bench-deepfashion", weights="none").as_dict(), "weights_sha256": None,
              "preprocessing": "random", "shape": [F, 7, 7], "count": count, "command": "bench"}
     rng = np.random.default_rng(0)
-    with FeatureStoreWriter(folder, ident) as writer:
+    pool = np.maximum(rng.standard_normal((256, F, 7, 7), dtype=np.float32), 0)  # drawing every item costs
+    with FeatureStoreWriter(folder, ident) as writer:                             # minutes at 150,000 items
         for start in range(0, count, 100):
             n = min(100, count - start)
-            block = rng.standard_normal((n, F, 7, 7), dtype=np.float32)
-            writer.write_batch(range(start, start + n), np.maximum(block, 0, out=block))
+            block = pool[rng.integers(0, len(pool), n)]
+            block[:, 0, 0, 0] = np.arange(start, start + n) % 1024  # no two items alike
+            writer.write_batch(range(start, start + n), block)
         writer.finish()
 
 
@@ -81,6 +96,104 @@ def timed(loop, seconds: float, sync) -> float:
     return n / (time.perf_counter() - started)
 
 
+def data_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("shard-*/data.mdb"))
+
+
+def evict(folder: Path, drop_all: bool, reader=None) -> None:
+    """Drop the cache's pages from the page cache (pages mapped by a process stay, so the reader
+    unmaps its view first)."""
+    if reader is not None:
+        reader.release_pages()
+    for path in data_files(folder):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if drop_all:
+        subprocess.run(["sync"], check=False)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def random_spots(folder: Path, item_bytes: int, n: int, seed: int = 3) -> list[tuple[Path, int, int]]:
+    """(data.mdb, offset, length): `n` page-aligned blocks of an item's size (its run of pages) at
+    random places in the cache's files; LMDB is not asked, so nothing is read to find them."""
+    from harness.features.store import CRC_BYTES
+
+    length = -(-(item_bytes + CRC_BYTES + 16) // 4096) * 4096
+    rng = np.random.default_rng(seed)
+    files = data_files(folder)
+    out = []
+    for k in rng.integers(0, len(files), n):
+        pages = (files[k].stat().st_size - length) // 4096
+        out.append((files[k], int(rng.integers(0, pages)) * 4096, length))
+    return out
+
+
+def pread_probe(spots, in_flight: int, seconds: float) -> float:
+    """Items/s of plain os.pread calls at `spots`, `in_flight` threads each reading its share in turn
+    (POSIX_FADV_RANDOM: exactly the item's bytes, no read-ahead)."""
+    fds = {path: os.open(path, os.O_RDONLY) for path in {p for p, _, _ in spots}}
+    for fd in fds.values():
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    done = [0] * in_flight
+    stop = time.perf_counter() + seconds
+
+    def worker(k: int) -> None:
+        for path, offset, length in spots[k::in_flight]:
+            if time.perf_counter() > stop:
+                return
+            os.pread(fds[path], length, offset)
+            done[k] += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(in_flight)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for fd in fds.values():
+        os.close(fd)
+    return sum(done) / elapsed
+
+
+def cold_reads(folder: Path, reader, endless, device, batch: int, args) -> float:
+    """The disk's random-read rate (pread probe, 1 and 4 in flight) and the loader's batches/s per
+    window from cold; returns the probe's 4-in-flight rate in batches/s."""
+    from harness.features.loader import PrefetchingBatches
+
+    spots = random_spots(folder, reader.item_bytes, 100000)
+    size = spots[0][2]
+    rates = {}
+    for in_flight in (1, 4):
+        evict(folder, args.drop_caches, reader)
+        rates[in_flight] = pread_probe(spots, in_flight, args.window)
+        print(f"  probe  pread {size / 1024:.0f} KiB at random offsets, {in_flight} in flight: "
+              f"{rates[in_flight]:7.0f} items/s = {rates[in_flight] * size / 2**20:6.0f} MiB/s = "
+              f"{rates[in_flight] / batch:6.1f} batches of {batch}/s", flush=True)
+    probe = rates[4] / batch
+    evict(folder, args.drop_caches, reader)
+    windows, n, started = [], 0, time.perf_counter()
+    edge = started + args.window
+    for _ in PrefetchingBatches(reader, endless(), device):
+        n += 1
+        now = time.perf_counter()
+        if now >= edge:
+            windows.append(n / (now - edge + args.window))
+            print(f"  loader window {len(windows)} ({now - started:5.1f} s from cold): {windows[-1]:6.1f} batches/s "
+                  f"= {windows[-1] / probe:.2f} of the probe", flush=True)
+            n, edge = 0, now + args.window
+            if now - started >= args.cold_seconds:
+                break
+    mean = float(np.mean(windows))
+    print(f"loader from cold, mean of {len(windows)} windows: {mean:.1f} batches/s; ratio loader / probe (4 in flight): "
+          f"{mean / probe:.2f} (target 0.8); first window {windows[0] / probe:.2f}, "
+          f"best {max(windows) / probe:.2f}", flush=True)
+    return probe
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=2000)
@@ -88,6 +201,15 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--dir", default=None, help="where to build the cache (default: a temporary folder, removed)")
+    p.add_argument("--no-verify", action="store_true", help="skip the per-item CRC32 check (fed loop, cold reads)")
+    p.add_argument("--cold", action="store_true", help="evict the cache first; probe the disk; loader per window")
+    p.add_argument("--window", type=float, default=10.0, help="--cold: seconds per window and per probe")
+    p.add_argument("--cold-seconds", type=float, default=60.0, help="--cold: how long the loader reads")
+    p.add_argument("--drop-caches", action="store_true", help="--cold: also drop all caches (root)")
+    p.add_argument("--no-readahead", action="store_true", help="open LMDB with readahead=False (MADV_RANDOM)")
+    p.add_argument("--read-threads", type=int, default=None, help="the reader's threads (default: its own)")
+    p.add_argument("--no-request-ahead", action="store_true",
+                   help="read item by item as the loader did before (no MADV_WILLNEED for the batch)")
     args = p.parse_args()
 
     import torch
@@ -99,6 +221,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.no_readahead:
+        store.READAHEAD = False
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
         folder = base / f"deepfashion-shape-{args.items}"
@@ -107,7 +231,9 @@ def main() -> int:
         print(f"cache of {args.items} items [{F}, 7, 7] float16 ready in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
         reader = open_store(folder)
-        reader.read(np.arange(args.items))  # warm: the page cache holds the file, as after an epoch
+        reader.request_ahead = not args.no_request_ahead
+        if args.read_threads:
+            reader.read_threads = args.read_threads
         labels = np.random.default_rng(2).integers(0, SEEN, args.items)
         sampler = ClassBalancedSampler(labels, 50, seed=0)
         batch = len(sampler.next_batch())
@@ -120,7 +246,22 @@ def main() -> int:
             for _, x in PrefetchingBatches(reader, endless(), device):
                 yield x
 
-        read_rate = timed(reads(), args.seconds, sync)
+        if args.cold:
+            print(f"cold reads: {args.items} items, {sum(f.stat().st_size for f in data_files(folder)) / 2**30:.1f} "
+                  f"GiB on disk, RAM {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB, "
+                  f"check {'off' if args.no_verify else 'on'}, request-ahead {'off' if args.no_request_ahead else 'on'}, "
+                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}")
+            reader.verify_reads = not args.no_verify
+            cold_reads(folder, reader, endless, device, batch, args)
+            read_rates = {}
+        else:
+            reader.read(np.arange(args.items))  # warm: the page cache holds the file, as after an epoch
+            read_rates = {True: [], False: []}
+            for check in (True, False, True, False):  # interleaved: the load on a shared host drifts
+                reader.verify_reads = check
+                read_rates[check].append(timed(reads(), args.seconds / 2, sync))
+            reader.verify_reads = not args.no_verify
+            read_rate = max(read_rates[reader.verify_reads])
 
         method = dazle(device)
         x_fixed = torch.from_numpy(reader.read(sampler.next_batch())).to(device)
@@ -139,12 +280,19 @@ def main() -> int:
         fed_rate = timed(fed(), args.seconds, sync)
         print(f"DeepFashion shape: batch {batch} (36 seen classes x 1), F={F}, R={R}, A={ATTRIBUTES}, "
               f"device {device}, torch threads {torch.get_num_threads()}")
-        print(f"  reads  (LMDB -> PrefetchingBatches -> {device})   {read_rate:8.1f} batches/s")
+        for check, rates in read_rates.items():
+            print(f"  reads  (LMDB -> PrefetchingBatches -> {device}), CRC check {'on ' if check else 'off'}"
+                  f"  {max(rates):8.1f} batches/s  (rounds: {', '.join(f'{r:.1f}' for r in rates)})")
+        if read_rates:
+            on, off = max(read_rates[True]), max(read_rates[False])
+            print(f"  the check costs {1 - on / off:.0%} of the warm read rate ({1e3 / on - 1e3 / off:.2f} ms a batch)")
         print(f"  steps  (DAZLE train_step, data on {device})       {step_rate:8.1f} steps/s")
-        print(f"  fed    (train_step fed by PrefetchingBatches)     {fed_rate:8.1f} steps/s")
-        verdict = "meets" if read_rate >= 5 * step_rate else "does NOT meet"
-        print(f"ratio reads / steps: {read_rate / step_rate:.1f}x ({verdict} the 5x target); "
-              f"fed loop at {fed_rate / step_rate:.0%} of the unfed step rate")
+        print(f"  fed    (train_step fed by PrefetchingBatches)     {fed_rate:8.1f} steps/s"
+              + (" (the cache partly cold)" if args.cold else ""))
+        if read_rates:
+            verdict = "meets" if read_rate >= 5 * step_rate else "does NOT meet"
+            print(f"ratio reads / steps: {read_rate / step_rate:.1f}x ({verdict} the 5x target); "
+                  f"fed loop at {fed_rate / step_rate:.0%} of the unfed step rate")
         return 0
     finally:
         if not args.dir:

@@ -71,3 +71,31 @@ def test_leaving_the_loop_early_stops_the_reader(tmp_path):
         loader = PrefetchingBatches(reader, [np.arange(2)], "cpu")
         list(loader)
         list(loader)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_requesting_a_batch_ahead_changes_no_batch(tmp_path, shards):
+    """The reader asks the kernel for a batch's items before copying them: same batches, same items,
+    same order as item-by-item reads, for one environment and for shards read as one."""
+    rng = np.random.default_rng(4)
+    values = rng.random((90, 64, 7, 7)).astype(np.float16).astype(np.float32)  # overflow pages, as real items
+    ident = {**CacheKey("toy", weights="none").as_dict(), "weights_sha256": None, "preprocessing": "t",
+             "shape": [64, 7, 7], "count": len(values), "command": "x"}
+    for shard in range(shards):
+        with FeatureStoreWriter(tmp_path / "c", ident, (shard, shards)) as writer:
+            mine = np.arange(shard, len(values), shards)
+            writer.write_batch(mine, values[mine])
+            writer.finish()
+    labels = np.repeat(np.arange(9), 10)
+    seen = {}
+    for ahead in (True, False):
+        reader = open_store(tmp_path / "c")
+        reader.request_ahead = ahead
+        batches = ClassBalancedSampler(labels, 12, seed=5).epoch()
+        seen[ahead] = [(p.copy(), x.numpy().copy()) for p, x in PrefetchingBatches(reader, batches, "cpu")]
+        reader.close()
+    assert len(seen[True]) == len(seen[False]) > 5
+    for (pa, xa), (pb, xb) in zip(seen[True], seen[False], strict=True):
+        np.testing.assert_array_equal(pa, pb)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(xa, values[pa].reshape(len(pa), 64, 49))

@@ -7,6 +7,7 @@ builds and inspects caches (docs/features.md).
 from harness.features.store import (
     CacheKey,
     CacheMismatchError,
+    DamagedCacheError,
     FeatureStoreReader,
     IncompleteCacheError,
     default_cache_dir,
@@ -17,6 +18,7 @@ from harness.features.store import (
 __all__ = [
     "CacheKey",
     "CacheMismatchError",
+    "DamagedCacheError",
     "FeatureStoreReader",
     "IncompleteCacheError",
     "default_cache_dir",

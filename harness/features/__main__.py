@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import InputError, OneLineArgumentParser, run_cli
-from harness.features.store import DTYPES, parse_shard
+from harness.features.store import DTYPES, DamagedCacheError, parse_shard
 
 if TYPE_CHECKING:
     from harness.features.extract import ExtractResult
@@ -146,7 +146,12 @@ def main_info(args: argparse.Namespace) -> int:
     for k, folder in enumerate(folders):
         if k:
             print()
-        reader = open_for_info(folder)
+        try:
+            reader = open_for_info(folder)
+        except DamagedCacheError as err:  # damage that stops even the key scan: report it, go on
+            print(f"cache        {folder}\nPROBLEM      {err}\nverify       FAILED: the cache cannot be read")
+            failed += 1
+            continue
         try:
             print("\n".join(describe(reader)))
             if args.verify:

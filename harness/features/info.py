@@ -8,9 +8,16 @@ import sys
 import zlib
 from pathlib import Path
 
+import lmdb
 import numpy as np
 
-from harness.features.store import CRC_BYTES, FeatureStoreReader, _find_shard_dirs, list_caches
+from harness.features.store import (
+    CRC_BYTES,
+    DamagedCacheError,
+    FeatureStoreReader,
+    _find_shard_dirs,
+    list_caches,
+)
 
 
 def cache_folders(path: str | Path) -> list[Path]:
@@ -23,10 +30,15 @@ def cache_folders(path: str | Path) -> list[Path]:
 
 def open_for_info(folder: Path) -> FeatureStoreReader:
     """Open even an incomplete cache, scanning its keys (duplicates, strays); take LMDB's reader lock
-    where we may, so that reading beside a running build is safe."""
+    where we may, so that reading beside a running build is safe. When damaged pages stop the scan
+    (LMDB reads each item's first page while listing keys), a complete cache opens without it, so
+    that `verify` can name the damaged items."""
     first = _find_shard_dirs(folder)[0]
     lock = os.access(first / "lock.mdb", os.W_OK) if (first / "lock.mdb").exists() else os.access(first, os.W_OK)
-    return FeatureStoreReader(folder, allow_incomplete=True, lock=lock, scan=True)
+    try:
+        return FeatureStoreReader(folder, allow_incomplete=True, lock=lock, scan=True)
+    except DamagedCacheError:
+        return FeatureStoreReader(folder, allow_incomplete=True, lock=lock, scan=False)
 
 
 def _size(n: float) -> str:
@@ -70,7 +82,7 @@ def describe(reader: FeatureStoreReader) -> list[str]:
 
 
 def verify(reader: FeatureStoreReader, progress: bool = True) -> list[str]:
-    """Re-read every item: size, CRC32, dtype/shape and finiteness. Returns the problems found."""
+    """Re-read every item: readable by LMDB, size, CRC32, dtype/shape and finiteness. Returns the problems found."""
     from tqdm import tqdm
 
     problems: list[str] = []
@@ -86,6 +98,9 @@ def verify(reader: FeatureStoreReader, progress: bool = True) -> list[str]:
               disable=not progress) as bar:
         for index, raw in reader.iter_raw():
             bar.update(1)
+            if isinstance(raw, lmdb.Error):
+                problems.append(f"item {index}: unreadable, LMDB's pages are damaged ({raw})")
+                continue
             if raw is None or len(raw) != expected:
                 problems.append(f"item {index}: {0 if raw is None else len(raw)} bytes, expected {expected} "
                                 f"({reader.metadata.get('dtype')} {reader.metadata.get('shape')} + CRC)")

@@ -3,7 +3,8 @@
 A cache folder holds one or more shard environments (`shard-I-of-N/`, an LMDB environment each);
 an unsharded build is `shard-0-of-1`. Items are keyed by the 0-based image index (8 bytes,
 big-endian, so keys sort by index); a value is the raw [F, R] array followed by the CRC32 of
-those bytes, which `info --verify` checks. Each environment also holds a JSON metadata record.
+those bytes, which every read checks (and `info --verify`, for all items). Each environment also
+holds a JSON metadata record.
 
 Why LMDB: a committed transaction is all or nothing, so a killed build never leaves half an item;
 readers open it read-only without locks and share the OS page cache, so many trials on one node
@@ -54,7 +55,10 @@ _CONVERT_CHUNK = 32768
 # reader drops its page-table entries for the map (madvise DONTNEED on a shared read-only file
 # mapping: the page cache keeps the data, the next read is a minor fault), so RSS stays flat.
 RELEASE_EVERY_ITEMS = 50
-_MADV_DONTNEED = 4
+_MADV_WILLNEED, _MADV_DONTNEED = 3, 4
+_PAGE = 4096
+READAHEAD = True
+READ_THREADS = 4
 
 
 def _map_ranges(data_file: Path) -> list[tuple[int, int]]:
@@ -74,12 +78,23 @@ def _map_ranges(data_file: Path) -> list[tuple[int, int]]:
     return out
 
 
-def _madvise_dontneed(ranges: list[tuple[int, int]]) -> None:
+def _madvise(ranges: Iterable[tuple[int, int]], advice: int) -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     for start, length in ranges:
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice)
+
+
+def _madvise_dontneed(ranges: list[tuple[int, int]]) -> None:
+    _madvise(ranges, _MADV_DONTNEED)
+
+
+def _page_range(value: memoryview) -> tuple[int, int]:
+    """(start, length) of the whole pages of the map that hold `value` (a buffer into the map)."""
+    start = np.frombuffer(value, dtype=np.uint8).ctypes.data
+    first = start & ~(_PAGE - 1)
+    return first, start + len(value) - first
 
 
 def _convert(src, dst) -> None:
@@ -95,6 +110,38 @@ class CacheMismatchError(InputError):
 
 class IncompleteCacheError(InputError):
     """A cache is missing items (an interrupted or partial build)."""
+
+
+class DamagedCacheError(InputError):
+    """Stored bytes changed after they were written: a checksum mismatch, or LMDB's own pages damaged."""
+
+
+# What LMDB raises when its pages are not what it wrote (a flipped byte in a page header, a
+# truncated or overwritten file); other lmdb.Errors on opening (permissions, ...) are not damage.
+_LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+                lmdb.BadTxnError, lmdb.PanicError, lmdb.BadValsizeError)
+
+
+def _cache_folder(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent if _SHARD_RE.match(path.name) else path
+
+
+def damaged(where: str | Path, what: str, item: int | None = None, rebuild: str | None = None) -> DamagedCacheError:
+    """The one-line error for a damaged cache: the cache, the item where known, how to check it."""
+    folder = _cache_folder(where)
+    which = f"item {item} " if item is not None else ""
+    then = f"then remove the folder and rebuild it with: {rebuild}" if rebuild else "then remove and rebuild it"
+    return DamagedCacheError(
+        f"{folder}: damaged feature cache: {which}{what}; its features cannot be trusted: list the damaged "
+        f"items with python -m harness.features info --verify {folder}, {then}"
+    )
+
+
+def _opening_error(path: Path, err: lmdb.Error) -> InputError:
+    if isinstance(err, _LMDB_DAMAGE):
+        return damaged(path, f"LMDB cannot open {path.name} ({err})")
+    return InputError(f"{_cache_folder(path)}: cannot open {path.name} ({err}); expected a readable LMDB cache")
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -167,8 +214,11 @@ def _find_shard_dirs(folder: Path) -> list[Path]:
 
 
 def _open_env(path: Path, readonly: bool, lock: bool) -> lmdb.Environment:
-    return lmdb.open(str(path), readonly=readonly, lock=lock, readahead=True, subdir=True,
-                     max_readers=1024, create=False)
+    try:
+        return lmdb.open(str(path), readonly=readonly, lock=lock, readahead=READAHEAD, subdir=True,
+                         max_readers=1024, create=False)
+    except lmdb.Error as err:
+        raise _opening_error(path, err) from None
 
 
 # LMDB forbids opening one environment twice in a process, so read-only handles are shared and
@@ -217,15 +267,23 @@ def _release(path: Path) -> None:
 
 
 def read_metadata(env: lmdb.Environment) -> dict | None:
-    with env.begin() as txn:
-        raw = txn.get(META_KEY)
-    return json.loads(raw) if raw is not None else None
+    try:
+        with env.begin() as txn:
+            raw = txn.get(META_KEY)
+        return json.loads(raw) if raw is not None else None
+    except lmdb.Error as err:
+        raise damaged(env.path(), f"LMDB cannot read the metadata record ({err})") from None
+    except ValueError as err:  # json or utf-8
+        raise damaged(env.path(), f"the metadata record is not valid JSON ({err})") from None
 
 
 def _item_keys(env: lmdb.Environment) -> np.ndarray:
     """Indices of all items in an environment (keys only; values are not touched)."""
-    with env.begin() as txn:
-        keys = [k for k in txn.cursor().iternext(keys=True, values=False) if len(k) == 8]
+    try:
+        with env.begin() as txn:
+            keys = [k for k in txn.cursor().iternext(keys=True, values=False) if len(k) == 8]
+    except lmdb.Error as err:
+        raise damaged(env.path(), f"LMDB cannot list the items ({err})") from None
     if not keys:
         return np.zeros(0, dtype=np.int64)
     return np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
@@ -506,6 +564,16 @@ class FeatureStoreReader:
             raise InputError(f"{self.folder}: not a feature cache (no shard-I-of-N LMDB environment in it)")
         self.release_every = RELEASE_EVERY_ITEMS
         self._since_release = 0
+        # Every read checks each item's CRC32 (bench/loader.py --no-verify measures the cost).
+        self.verify_reads = True
+        # Before copying a batch, ask the kernel for all its items at once (MADV_WILLNEED): on a
+        # cold cache the disk then has a batch of reads in flight instead of one page fault at a time.
+        self.request_ahead = True
+        # Threads that look items up, copy and check them (LMDB's lookups, the copies and zlib's CRC
+        # release the GIL): on a cold cache each lookup waits for a page of its item, so they wait
+        # side by side; warm, the copies and checks share the cores.
+        self.read_threads = READ_THREADS
+        self._pool = None
         self._ranges = [r for d in self.shard_dirs for r in _map_ranges(d / "data.mdb")]
         dirs = self.shard_dirs
         self.metadata = dict(self.shard_meta[0])
@@ -652,17 +720,60 @@ class FeatureStoreReader:
         where = self._where[indices]
         if (where < 0).any():
             self._raise_absent(indices[where < 0])
-        n_values = self.feature_dim * self.num_regions
-        flat = out.reshape(len(out), n_values)
+        flat = out.reshape(len(out), self.feature_dim * self.num_regions)
+        jobs = []
+        threads = max(1, min(self.read_threads, len(indices) // 4))
         for e, env in enumerate(self.envs):
-            rows = np.flatnonzero(where == e) if len(self.envs) > 1 else range(len(indices))
-            with env.begin(buffers=True) as txn:  # buffers point into the map: valid inside the txn
-                get = txn.get
-                for j in rows:
-                    flat[j] = np.frombuffer(get(item_key(indices[j])), dtype=out.dtype, count=n_values)
+            rows = np.flatnonzero(where == e) if len(self.envs) > 1 else np.arange(len(indices))
+            jobs += [(env, rows[k::threads]) for k in range(threads) if len(rows[k::threads])]
+        if len(jobs) == 1:
+            self._copy_from(jobs[0][0], indices, jobs[0][1], flat)
+        else:
+            futures = [self._executor().submit(self._copy_from, env, indices, rows, flat) for env, rows in jobs]
+            for future in futures:  # every job finishes before `out` is handed back; the first error wins
+                future.exception()
+            for future in futures:
+                future.result()
         self._since_release += len(indices)
         if self.release_every and self._since_release >= self.release_every:
             self.release_pages()
+
+    def _copy_from(self, env: lmdb.Environment, indices: np.ndarray, rows: Iterable[int], flat: np.ndarray) -> None:
+        """flat[j] = item indices[j] of `env` for j in rows, each checked: size, then the CRC32 of the
+        copy (in cache by then, so the check costs no second read of the map); lmdb errors and
+        mismatches become DamagedCacheError naming the item."""
+        n_values, size, check = flat.shape[1], self.item_bytes, self.verify_reads
+        index = None
+        try:
+            with env.begin(buffers=True) as txn:  # buffers point into the map: valid inside the txn
+                get = txn.get
+                values = []
+                for j in rows:  # look up every item first (index pages only, no item data touched)
+                    index = int(indices[j])
+                    value = get(item_key(index))
+                    if value is None or len(value) != size + CRC_BYTES:
+                        got = "absent from LMDB's index" if value is None else f"{len(value)} bytes"
+                        raise self._damaged(index, f"{got}, expected {size + CRC_BYTES} bytes")
+                    values.append((j, index, value))
+                if self.request_ahead and len(values) > 1:
+                    _madvise([_page_range(value) for _, _, value in values], _MADV_WILLNEED)
+                for j, index, value in values:  # noqa: B007 - index names the item in errors
+                    row = flat[j]
+                    row[:] = np.frombuffer(value, dtype=flat.dtype, count=n_values)
+                    if check and zlib.crc32(row) != struct.unpack_from("<I", value, size)[0]:
+                        raise self._damaged(index, "checksum mismatch (its stored bytes changed after writing)")
+        except lmdb.Error as err:
+            raise self._damaged(index, f"LMDB cannot read it, its pages are damaged ({err})") from None
+
+    def _executor(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.read_threads, thread_name_prefix="feature-read"))
+        return self._pool[1]
+
+    def _damaged(self, index: int | None, what: str) -> DamagedCacheError:
+        return damaged(self.folder, what, item=index, rebuild=_rebuild_command(self.metadata))
 
     def release_pages(self) -> None:
         """Unmap this process's view of the cache pages; the OS page cache keeps them (RSS stays flat)."""
@@ -676,19 +787,33 @@ class FeatureStoreReader:
         raise IncompleteCacheError(self._incomplete_message())
 
     def iter_raw(self, indices: Iterable[int] | None = None):
-        """(index, stored bytes incl. CRC or None) for `indices` (default: all present), for verify."""
+        """(index, stored bytes incl. CRC, None when absent, or the lmdb.Error reading it raised) for
+        `indices` (default: all present), for verify; after an error, the next item gets a fresh
+        transaction (LMDB invalidates the one that saw damage)."""
         self._check_pid()
         idx = np.flatnonzero(self._where >= 0) if indices is None else np.asarray(list(indices))
         for e, env in enumerate(self.envs):
-            mine = idx[self._where[idx] == e]
-            with env.begin() as txn:
-                for i in mine:
-                    yield int(i), txn.get(item_key(i))
+            mine = [int(i) for i in idx[self._where[idx] == e]]
+            k = 0
+            while k < len(mine):
+                try:
+                    with env.begin() as txn:
+                        while k < len(mine):
+                            raw = txn.get(item_key(mine[k]))
+                            k += 1
+                            yield mine[k - 1], raw
+                except lmdb.Error as err:
+                    k += 1
+                    yield mine[k - 1], err
 
     def size_on_disk(self) -> int:
         return _dir_size(self.folder)
 
     def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=True)
+        self._pool = None
         if self._pid == os.getpid():
             for path in self.shard_dirs:
                 _release(path)
