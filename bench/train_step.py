@@ -215,6 +215,18 @@ class MatmulProbe:
         """GFLOP/s of the best of three back-to-back products."""
         return self.flops / min(timed(lambda: self.a @ self.b, self.device) for _ in range(3)) / 1e9
 
+    def sustained_rate(self, seconds: float) -> float:
+        """GFLOP/s over back-to-back products for about `seconds` (as long as a step): a diagnostic of
+        --profile, since the best of three short products may run at a clock a long step does not hold."""
+        count = max(1, round(seconds * self.rate() * 1e9 / self.flops))
+        return count * self.flops / timed(lambda: [self.a @ self.b for _ in range(count)], self.device) / 1e9
+
+    def cold_rate(self) -> float:
+        """GFLOP/s of one product after a 64 MiB write has pushed its operands out of the caches
+        (a diagnostic of --profile: the step's GEMMs read operands that other passes evicted)."""
+        torch.empty(16 * 2**20, device=self.device).fill_(1.0)
+        return self.flops / timed(lambda: self.a @ self.b, self.device) / 1e9
+
 
 @dataclass
 class Row:
@@ -344,13 +356,15 @@ def profile(shape: Shape, args: argparse.Namespace, device: torch.device) -> str
     step, batches, probe = make_step(model, shape, args, device), Batches(shape, args, device), MatmulProbe(args, device)
     for _ in range(args.warmup + 2):
         step(*batches.next())
-    plain, rates, timer = [], [], OpTimer(device)
+    plain, rates, cold, sustained, timer = [], [], [], [], OpTimer(device)
     for _ in range(args.repeats):
         plain.append(timed(lambda: step(*batches.next()), device))
         x, y = batches.next()
         with timer:
             step(x, y)
         rates.append(probe.rate())
+        cold.append(probe.cold_rate())
+        sustained.append(probe.sustained_rate(plain[-1]))
     steps, rate = args.repeats, statistics.median(rates)
     step_ms, op_ms = statistics.median(plain) * 1e3, sum(timer.seconds.values()) * 1e3 / steps
     per = lambda seconds: seconds * 1e3 / steps  # noqa: E731
@@ -368,7 +382,8 @@ def profile(shape: Shape, args: argparse.Namespace, device: torch.device) -> str
     clock = "CPU" if CLOCK is time.process_time else "wall"
     lines = [f"### {shape.name} (A={shape.attributes}, C={shape.classes})", "",
              f"Step {step_ms:.1f} ms ({clock} time, median of {steps} plain steps); operators {op_ms:.1f} ms a step "
-             f"when timed one by one. Matmul probe {rate:.0f} GFLOP/s. GEMMs {per(gemm_s):.1f} ms for "
+             f"when timed one by one. Matmul probe {rate:.0f} GFLOP/s (one product from cold caches "
+             f"{statistics.median(cold):.0f}, back to back for a step's length {statistics.median(sustained):.0f}). GEMMs {per(gemm_s):.1f} ms for "
              f"{gemm_flops / 1e9 / steps:.2f} GFLOP = {gemm_rate:.0f} GFLOP/s ({100 * gemm_rate / rate:.0f}% of the "
              f"probe); everything else {op_ms - per(gemm_s):.1f} ms ({100 * (1 - per(gemm_s) / op_ms):.0f}%).",
              "", *_table(["operator", "calls", "ms", "share"], op_rows),
