@@ -290,10 +290,28 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name, family and model (Linux), so that runs on different hosts are not compared unawares."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
+    except OSError:
+        return "unknown CPU"
+    return f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
 def describe(args: argparse.Namespace, device: torch.device) -> str:
     what = f"device {device}"
     if device.type == "cuda":
         what += f" ({torch.cuda.get_device_name(device)})"
+    else:
+        what += f" ({_cpu_name()}, {os.cpu_count()} cores)"
     return (f"torch {torch.__version__}, {what}, {torch.get_num_threads()} threads, "
             f"{'bf16 autocast' if args.amp == 'bf16' else 'fp32'}{', torch.compile' if args.compile else ''}, "
             f"{'CPU' if args.clock == 'cpu' else 'wall'} time; "
