@@ -14,6 +14,7 @@ of it that our step achieves.
     python bench/train_step.py --shapes deepfashion --repeats 9
     python bench/train_step.py --device cuda --amp bf16   # on a GPU
     python bench/train_step.py --thread-layouts 1x2,2x1   # trials x threads on this node
+    python bench/train_step.py --threads 1 --clock cpu --profile   # where our step's time goes, by operator
 
 FLOP counting: multiply-adds of every matrix product count 2 (elementwise work, softmax and
 the optimiser are left out). "exact" counts the forward and backward products autograd really
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.dazle import DAZLE
 from models.dazle_reference import ReferenceDAZLE
@@ -213,6 +215,18 @@ class MatmulProbe:
         """GFLOP/s of the best of three back-to-back products."""
         return self.flops / min(timed(lambda: self.a @ self.b, self.device) for _ in range(3)) / 1e9
 
+    def sustained_rate(self, seconds: float) -> float:
+        """GFLOP/s over back-to-back products for about `seconds` (as long as a step): a diagnostic of
+        --profile, since the best of three short products may run at a clock a long step does not hold."""
+        count = max(1, round(seconds * self.rate() * 1e9 / self.flops))
+        return count * self.flops / timed(lambda: [self.a @ self.b for _ in range(count)], self.device) / 1e9
+
+    def cold_rate(self) -> float:
+        """GFLOP/s of one product after a 64 MiB write has pushed its operands out of the caches
+        (a diagnostic of --profile: the step's GEMMs read operands that other passes evicted)."""
+        torch.empty(16 * 2**20, device=self.device).fill_(1.0)
+        return self.flops / timed(lambda: self.a @ self.b, self.device) / 1e9
+
 
 @dataclass
 class Row:
@@ -276,15 +290,123 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name, family and model (Linux), so that runs on different hosts are not compared unawares."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
+    except OSError:
+        return "unknown CPU"
+    return f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
 def describe(args: argparse.Namespace, device: torch.device) -> str:
     what = f"device {device}"
     if device.type == "cuda":
         what += f" ({torch.cuda.get_device_name(device)})"
+    else:
+        what += f" ({_cpu_name()}, {os.cpu_count()} cores)"
     return (f"torch {torch.__version__}, {what}, {torch.get_num_threads()} threads, "
             f"{'bf16 autocast' if args.amp == 'bf16' else 'fp32'}{', torch.compile' if args.compile else ''}, "
             f"{'CPU' if args.clock == 'cpu' else 'wall'} time; "
             f"batch {args.batch}, F={args.feature_dim}, R={args.regions}, D={args.word_dim}; "
             f"{args.repeats} interleaved repetitions after {args.warmup} warm-up")
+
+
+# ------------------------------------------------------------------ profile by operation
+
+GEMMS = ("mm", "addmm", "addmm_", "bmm", "baddbmm")
+
+
+def _gemm_flops(name: str, shapes: tuple[tuple[int, ...], ...]) -> float:
+    """2 m n k of a matrix product from its input shapes (addmm: the added matrix first)."""
+    a, b = (shapes[0], shapes[1]) if name in ("mm", "bmm") else (shapes[1], shapes[2])
+    return 2.0 * (a[0] if len(a) == 3 else 1) * a[-2] * a[-1] * b[-1]
+
+
+class OpTimer(TorchDispatchMode):
+    """Times every ATen operator of the forward, backward and optimiser on the bench's clock.
+
+    torch.profiler reports wall time, which on a shared machine counts other processes' time
+    against whichever operator was running; with --clock cpu this counts this process's CPU
+    time, like the table. Keyed by operator, and for GEMMs by operator and input shapes.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.gemms: dict[tuple[str, tuple], float] = {}
+        self.gemm_calls: dict[tuple[str, tuple], int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        _sync(self.device)
+        start = CLOCK()
+        out = func(*args, **(kwargs or {}))
+        _sync(self.device)
+        took = CLOCK() - start
+        name = func.overloadpacket.__name__
+        self.seconds[name] = self.seconds.get(name, 0.0) + took
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name in GEMMS:
+            key = (name, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+            self.gemms[key] = self.gemms.get(key, 0.0) + took
+            self.gemm_calls[key] = self.gemm_calls.get(key, 0) + 1
+        return out
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
+    return [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)]
+
+
+def profile(shape: Shape, args: argparse.Namespace, device: torch.device) -> str:
+    """Our step at `shape`, timed by operator over --repeats steps, each GEMM against the matmul probe."""
+    model, _ = make_models(shape, args, device)
+    step, batches, probe = make_step(model, shape, args, device), Batches(shape, args, device), MatmulProbe(args, device)
+    for _ in range(args.warmup + 2):
+        step(*batches.next())
+    plain, rates, cold, sustained, timer = [], [], [], [], OpTimer(device)
+    for _ in range(args.repeats):
+        plain.append(timed(lambda: step(*batches.next()), device))
+        x, y = batches.next()
+        with timer:
+            step(x, y)
+        rates.append(probe.rate())
+        cold.append(probe.cold_rate())
+        sustained.append(probe.sustained_rate(plain[-1]))
+    steps, rate = args.repeats, statistics.median(rates)
+    step_ms, op_ms = statistics.median(plain) * 1e3, sum(timer.seconds.values()) * 1e3 / steps
+    per = lambda seconds: seconds * 1e3 / steps  # noqa: E731
+    op_rows = [[name, f"{timer.calls[name] / steps:g}", f"{per(sec):.2f}", f"{100 * per(sec) / op_ms:.1f}%"]
+               for name, sec in sorted(timer.seconds.items(), key=lambda kv: -kv[1]) if per(sec) >= 0.05]
+    gemm_rows, gemm_s, gemm_flops = [], 0.0, 0.0
+    for (name, shapes), sec in sorted(timer.gemms.items(), key=lambda kv: -kv[1]):
+        calls = timer.gemm_calls[(name, shapes)]
+        flops = _gemm_flops(name, shapes) * calls
+        gemm_s, gemm_flops = gemm_s + sec, gemm_flops + flops
+        achieved = flops / sec / 1e9
+        gemm_rows.append([name, " x ".join(map(str, shapes)), f"{calls / steps:g}", f"{per(sec):.2f}",
+                          f"{flops / 1e9 / steps:.2f}", f"{achieved:.0f} ({100 * achieved / rate:.0f}%)"])
+    gemm_rate = gemm_flops / gemm_s / 1e9
+    clock = "CPU" if CLOCK is time.process_time else "wall"
+    lines = [f"### {shape.name} (A={shape.attributes}, C={shape.classes})", "",
+             f"Step {step_ms:.1f} ms ({clock} time, median of {steps} plain steps); operators {op_ms:.1f} ms a step "
+             f"when timed one by one. Matmul probe {rate:.0f} GFLOP/s (one product from cold caches "
+             f"{statistics.median(cold):.0f}, back to back for a step's length {statistics.median(sustained):.0f}). GEMMs {per(gemm_s):.1f} ms for "
+             f"{gemm_flops / 1e9 / steps:.2f} GFLOP = {gemm_rate:.0f} GFLOP/s ({100 * gemm_rate / rate:.0f}% of the "
+             f"probe); everything else {op_ms - per(gemm_s):.1f} ms ({100 * (1 - per(gemm_s) / op_ms):.0f}%).",
+             "", *_table(["operator", "calls", "ms", "share"], op_rows),
+             "", *_table(["GEMM", "input shapes", "calls", "ms", "GFLOP", "GFLOP/s (of probe)"], gemm_rows)]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ thread layouts
@@ -355,6 +477,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="instead of the table: steps/s of K concurrent trials x T threads, e.g. 1x2,2x1,2x2")
     p.add_argument("--seconds", type=float, default=20.0, help="per layout and round (--thread-layouts)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over the layouts (--thread-layouts)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: our step's time by operator (on --clock), per shape, over "
+                        "--repeats steps, with each GEMM's achieved rate against the matmul probe")
     return p
 
 
@@ -386,9 +511,16 @@ def main(argv: list[str] | None = None) -> int:
         print(thread_layouts(args, argv))
         return 0
 
+    shapes = [SHAPES[s] for s in args.shapes.split(",")]
+    if args.profile:
+        print(describe(args, device).split("; ")[0] + f"; load average {os.getloadavg()[0]:.1f}")
+        for shape in shapes:
+            print()
+            print(profile(shape, args, device))
+        return 0
+
     from tqdm import tqdm
 
-    shapes = [SHAPES[s] for s in args.shapes.split(",")]
     load_before = os.getloadavg()[0]
     with tqdm(total=len(shapes) * args.repeats, desc="interleaved steps", unit="rep", file=sys.stderr) as bar:
         rows = [measure(shape, args, device, bar) for shape in shapes]

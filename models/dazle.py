@@ -128,29 +128,28 @@ class DAZLE(nn.Module):
         vw = torch.bmm(v, torch.stack(weights))  # [K, A, F]
         return (vw.view(slabs * num_attr, -1) @ regions).view(slabs, num_attr, -1)
 
-    def _region_columns(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Regions laid out [F, B*R], so that every slab is one GEMM per batch, and 1/||f_r||.
+    def _region_columns(self, features: Tensor) -> Tensor:
+        """Regions L2-normalised and laid out [F, B*R], so that every slab is one GEMM per batch.
 
-        The transposed copy also casts float16 caches; the L2 normalisation is left to the
-        model's products (None as the scale when the columns come back normalised: features
-        that need a gradient, or torch.compile, which fuses the division itself).
+        The normalisation is the transposing copy itself (a division written straight into the
+        columns, which also casts float16 caches), so it costs no pass of its own; features that
+        need a gradient, or torch.compile, take the plain autograd form.
         """
         batch, dim, num_regions = features.shape
         dtype = self.W_e.dtype
         if (features.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
             f = features.to(dtype)
             norms = torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-12)  # [B, 1, R]
-            return (f / norms).transpose(0, 1).reshape(dim, batch * num_regions), None
-        columns = torch.empty((dim, batch, num_regions), dtype=dtype, device=features.device)
-        columns.copy_(features.transpose(0, 1))
+            return (f / norms).transpose(0, 1).reshape(dim, batch * num_regions)
         if features.dtype == dtype:
             norms = features.square().sum(1).sqrt_()  # [B, R]; faster here than vector_norm's kernel
         elif torch.promote_types(features.dtype, dtype) == dtype:  # float16 caches: no overflow of the squares
             norms = torch.linalg.vector_norm(features, dim=1, dtype=dtype)
         else:
             norms = torch.linalg.vector_norm(features, dim=1).to(dtype)
-        scale = norms.clamp_min_(1e-12).reciprocal_().view(-1)  # as F.normalize: x / max(|x|, eps)
-        return columns.view(dim, batch * num_regions), scale
+        columns = torch.empty((dim, batch, num_regions), dtype=dtype, device=features.device)
+        torch.div(features.transpose(0, 1), norms.clamp_min_(1e-12), out=columns)  # as F.normalize: x / max(|x|, eps)
+        return columns.view(dim, batch * num_regions)
 
     def forward(self, features: Tensor) -> DAZLEOutput:
         if features.dim() == 4:
@@ -162,13 +161,13 @@ class DAZLE(nn.Module):
             )
         batch, dim, num_regions = features.shape
         num_attr = self.V.shape[0]
-        regions, scale = self._region_columns(features)  # [F, B*R], [B*R] or None
+        regions = self._region_columns(features)  # [F, B*R], columns L2-normalised
         gate_weights = [self.W_beta] if self.attribute_attention else []
 
         if self.dense_attention:
             # eq. 2-4, 6: e_a = v_a^T W_e h_a = sum_r alpha_{a,r} v_a^T W_e f_r, so h is never built
             alpha, slab_scores = dense_attention_scores(
-                regions, scale, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
+                regions, self.V, self._use_word_dim(), num_regions, self.W_alpha, self.W_e, *gate_weights
             )  # [A, B, R], [1 or 2, A, B]
             attribute_scores = slab_scores[0]  # [A, B]
             gate_logits = slab_scores[1] if self.attribute_attention else None
@@ -176,7 +175,7 @@ class DAZLE(nn.Module):
         else:
             # h_a is the mean of the regions for every a: average first, then project [F, B].
             grid = regions.view(dim, batch, num_regions)
-            mean_region = (grid if scale is None else grid * scale.view(batch, num_regions)).mean(-1)
+            mean_region = grid.mean(-1)
             attribute_scores, *gate_logits_list = self._project(mean_region, [self.W_e, *gate_weights]).unbind(0)
             gate_logits = gate_logits_list[0] if gate_logits_list else None
             attention = regions.new_full((1, 1, 1), 1.0 / num_regions).expand(batch, num_attr, num_regions)
