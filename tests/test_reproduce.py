@@ -118,7 +118,11 @@ def test_dataset_map_forms():
     parse = reproduce_tables.parse_dataset_map
     paper = ("cub", "sun", "awa2")
     assert parse(None, paper) == [("cub", "cub"), ("sun", "sun"), ("awa2", "awa2")]
-    assert parse("synthetic", paper) == [("cub", "synthetic"), ("sun", "synthetic"), ("awa2", "synthetic")]
+    assert parse("synthetic", paper) == [("cub", "synthetic-cub"), ("sun", "synthetic-sun"),
+                                         ("awa2", "synthetic-awa2")]  # each its own stand-in
+    assert parse("synthetic-sun", paper) == [("sun", "synthetic-sun")]  # a stand-in picks its dataset
+    assert parse("synthetic-tiny", paper) == [(d, "synthetic-tiny") for d in paper]  # any other: all
+    assert parse("synthetic", ("cub-ss", "cub")) == [("cub-ss", "synthetic-cub-ss"), ("cub", "synthetic-cub")]
     assert parse("cub=synthetic,awa2", paper) == [("cub", "synthetic"), ("awa2", "awa2")]
     with pytest.raises(InputError, match="--dataset"):
         parse("imagenet=synthetic", paper)

@@ -44,8 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=summary, description=summary)
         multi = name in ("table2", "table3")
         sp.add_argument("--dataset", default=dataset, help=(
-            f"default {dataset}. Comma list of PAPER=OURS items or bare names; a bare name that is not one of "
-            "the paper's datasets stands in for all of them (e.g. synthetic)" if multi else
+            f"default {dataset}. Comma list of PAPER=OURS items or bare names: synthetic maps each paper "
+            "dataset to its own stand-in (cub -> synthetic-cub, ...); a registered stand-in picks its dataset; any "
+            "other name stands in for all of them" if multi else
             f"default {dataset}; e.g. {stand_in(dataset) or 'synthetic'} for the synthetic stand-in"))
         sp.add_argument("--seeds", type=int, default=seeds, help=f"seeds 0..N-1 per configuration (default {seeds})")
         sp.add_argument("--epochs", type=int, default=None, help="override the dataset's default (paper) epochs")
