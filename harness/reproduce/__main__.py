@@ -33,13 +33,15 @@ TARGETS = {
     "table3": ("DAZLE's ZSL accuracy on CUB, standard vs proposed split", "cub-ss,cub", 3),
     "table4": ("DAZLE's ablation on DeepFashion (seven configurations)", "deepfashion", 3),
     "fig4": ("H vs number of attributes, accuracies vs lambda (PNG plots)", "cub", 1),
+    "protocol": ("diagnostic: what selecting on test adds (sealed last step vs best test H vs shift swept on "
+                 "test), DAZLE", "cub", 3),
 }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="python -m harness.reproduce",
                                 description="Reproduce the DAZLE paper's tables and Figure 4 beside the published numbers.")
-    sub = p.add_subparsers(dest="target", required=True, metavar="{table2,table3,table4,fig4}")
+    sub = p.add_subparsers(dest="target", required=True, metavar="{table2,table3,table4,fig4,protocol}")
     for name, (summary, dataset, seeds) in TARGETS.items():
         sp = sub.add_parser(name, help=summary, description=summary)
         multi = name in ("table2", "table3")
@@ -272,6 +274,47 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     return text + "\n" + plots + "\n" + footer + "\n" + _where(tracker, uri, written), payload, failures
 
 
+def run_protocol(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int]:
+    """The diagnostic of harness/reproduce/protocol.py: the only command that looks at test more than once."""
+    from harness.reproduce import protocol  # torch only when this command runs: --help stays light
+
+    if "," in args.dataset or "=" in args.dataset:
+        raise InputError(f"--dataset {args.dataset}: protocol takes one dataset name")
+    preflight([args.dataset], common)
+    base = tables.base_config("dazle", args.dataset, common)
+    chosen = pick(tuned, "dazle", args.dataset)
+    if tuned and chosen is None:
+        raise InputError(f"--tuned: no DAZLE configuration for {args.dataset} in {', '.join(args.tuned)}")
+    tuned_config = None if chosen is None else apply_tuned(base, chosen)
+    fits = protocol.trials(base, args.seeds)
+    tuned_fits = [] if tuned_config is None else protocol.trials(tuned_config, args.seeds, "tuned")
+    tracker = GridTracker(uri, args.experiment, "reproduce-protocol", _parent_params(args, fits + tuned_fits),
+                          {"reproduce.table": "protocol", "dataset": args.dataset, "diagnostic": "looks at test"})
+    with tracker.running():
+        outcomes = run_grid(fits, cluster, tracker, progress=not args.no_progress, task=protocol.protocol_task)
+        tuned_outcomes = run_grid(tuned_fits, cluster, tracker, progress=not args.no_progress) if tuned_fits else {}
+        readings = protocol.read_outcomes(base, args.seeds, outcomes, tuned_config, tuned_outcomes)
+        text = protocol.render_markdown(readings, args.dataset, args.seeds, protocol.schedule_text(args.dataset, outcomes))
+        records = protocol.records(readings)
+        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            files = [protocol.draw(outcomes, base, args.seeds, folder, args.dataset),
+                     _write(folder, "protocol.md", text), _write(folder, "protocol.csv", tables.render_csv(records)),
+                     _write(folder, "protocol.json", json.dumps({"table": "protocol", "rows": records}, indent=1))]
+            written = _publish(files, tracker, args.out)
+        tracker.log_metrics({**{f"{r['reading']}.{m}": r[f"{m}_mean"] for r in records for m in protocol.METRICS
+                                if r[f"{m}_mean"] is not None},
+                             **{f"{r['reading']}.H_inflation": r["H_inflation_mean"] for r in records
+                                if r["H_inflation_mean"] is not None}, "wall_seconds": seconds})
+        all_outcomes = {**outcomes, **tuned_outcomes}
+        failures = sum(not o.ok for o in all_outcomes.values())
+    payload = {"table": "protocol", "rows": records, **_summary(tracker, uri, seconds, all_outcomes, written)}
+    footer = _timing_line(len(fits) + len(tuned_fits), len(all_outcomes), seconds, all_outcomes, cluster)
+    plot = "plot: protocol_test_h.png (artifact of the parent run" + (", and in --out)" if written else ")")
+    return text + "\n" + plot + "\n" + footer + "\n" + _where(tracker, uri, written), payload, failures
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_args(args)
@@ -283,7 +326,7 @@ def main(args: argparse.Namespace) -> int:
     common = {"epochs": args.epochs, "data_root": args.data_root, "cache_dir": args.cache_dir,
               "word_vectors": args.word_vectors}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
-    runner = run_fig4 if args.target == "fig4" else run_table
+    runner = {"fig4": run_fig4, "protocol": run_protocol}.get(args.target, run_table)
     # Ray first, and a trial that no node could ever host is an error now, not an endless wait.
     started_ray = start_ray(cluster)
     try:
