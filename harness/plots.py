@@ -144,12 +144,13 @@ def _draw(ax, series: Sequence[Series], positions: Mapping[float, float] | None 
     ax.legend(fontsize=8)
 
 
-def plot_attributes(series: Sequence[Series], path: str | Path, title: str) -> Path:
-    """H (percent) against k, the number of lowest-entropy attributes kept."""
+def plot_attributes(series: Sequence[Series], path: str | Path, title: str,
+                    xlabel: str = "number of attributes (lowest entropy first)") -> Path:
+    """H (percent) against k, the number (or share) of lowest-entropy attributes kept."""
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.subplots()
     _draw(ax, series)
-    ax.set_xlabel("number of attributes (lowest entropy first)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("H (%)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path, dpi=120)

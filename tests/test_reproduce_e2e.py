@@ -103,15 +103,18 @@ def test_fig4_draws_both_plots_and_logs_them(local_ray, tmp_path, capsys):
     assert code == 0
     points = payload["points"]
     assert {(p["sweep"], p["series"], p["x"]) for p in points} == {
-        ("attributes", s, k) for s in ("with attention over attributes", "without attention over attributes")
+        ("attributes", s, 100.0 * k / 48) for s in ("DAZLE", "without attention over attributes",
+                                                   "attention over attributes on mean features")
         for k in (6, 48)} | {("lambda", "all attributes", lam) for lam in (0.0, 1.0)}
+    assert len(payload["statements"]) == 5 and "| the paper says | rule | ours | verdict |" in out
+    assert {s["verdict"] for s in payload["statements"]} <= {"holds", "fails", "n/a"}
     assert all(p["H_n"] == 1 and p["failures"] == 0 for p in points)
     for name in ("fig4_attributes.png", "fig4_lambda.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     parent, children = _runs(uri, payload["parent_run_id"])
     assert {a.path for a in _client(uri).list_artifacts(parent.info.run_id)} >= {
         "fig4_attributes.png", "fig4_lambda.png", "fig4.csv"}
-    assert len(children) == 6
+    assert len(children) == 8
     assert {c.data.params["num_attributes"] for c in children} == {"6", "default"}
 
 

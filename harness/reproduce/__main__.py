@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from harness import tracking
@@ -32,7 +33,8 @@ TARGETS = {
     "table2": ("GZSL of ESZSL, DeViSE and DAZLE on CUB, SUN, AWA2", "cub,sun,awa2", 3),
     "table3": ("DAZLE's ZSL accuracy on CUB, standard vs proposed split", "cub-ss,cub", 3),
     "table4": ("DAZLE's ablation on DeepFashion (seven configurations)", "deepfashion", 3),
-    "fig4": ("H vs number of attributes, accuracies vs lambda (PNG plots)", "cub", 1),
+    "fig4": ("Figure 4 (DeepFashion): H vs share of attributes (three series), accuracies vs lambda, the paper's "
+             "statements checked (PNG plots)", "deepfashion", 1),
     "protocol": ("diagnostic: what selecting on test adds (sealed last step vs best test H vs shift swept on "
                  "test), DAZLE", "cub", 3),
 }
@@ -68,8 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         sp.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
         if name == "fig4":
-            sp.add_argument("--k-grid", default=None,
-                            help="comma list of k (default: 1/16, 1/8, 1/4, 1/2, 3/4 and all of the attributes)")
+            sp.add_argument("--k-fractions", default=None, help=(
+                "comma list of shares of the attributes to keep, in (0, 1] (default "
+                f"{','.join(f'{x:g}' for x in fig4.DEFAULT_K_FRACTIONS)}: the paper's 300 of 1,000 is 0.3)"))
+            sp.add_argument("--k-grid", default=None, help="comma list of attribute counts k (overrides --k-fractions)")
             sp.add_argument("--lambda-grid", default=None,
                             help=f"comma list of lambdas (default {','.join(f'{x:g}' for x in fig4.DEFAULT_LAMBDAS)})")
     return p
@@ -221,7 +225,8 @@ def _parent_params(args, trials) -> dict:
         "address": args.address or "local", "cpus_per_trial": args.cpus_per_trial,
         "gpus_per_trial": args.gpus_per_trial, "tuned": ";".join(args.tuned) or "none",
         "stage": "final", "git_commit": tracking.git_commit(),
-        **({"k_grid": args.k_grid or "default", "lambda_grid": args.lambda_grid or "default"}
+        **({"k_grid": args.k_grid or "default", "k_fractions": args.k_fractions or "default",
+            "lambda_grid": args.lambda_grid or "default"}
            if args.target == "fig4" else {}),
     }
 
@@ -243,12 +248,16 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     if "," in args.dataset or "=" in args.dataset:
         raise InputError(f"--dataset {args.dataset}: fig4 takes one dataset name")
     k_grid = fig4.parse_grid(args.k_grid, "--k-grid", int)
+    fractions = fig4.parse_grid(args.k_fractions, "--k-fractions", float)
+    if fractions and not all(0 < f <= 1 for f in fractions):
+        raise InputError(f"--k-fractions {args.k_fractions}: expected shares in (0, 1]")
     lambdas = fig4.parse_grid(args.lambda_grid, "--lambda-grid", float)
     dataset = preflight([args.dataset], common)[args.dataset]
     num_attributes = int(dataset.class_attributes.shape[1])
     base = tables.base_config("dazle", args.dataset, common)
     chosen = pick(tuned, "dazle", args.dataset)
-    spec = fig4.Fig4Spec(args.dataset, num_attributes, k_grid or fig4.default_k_grid(num_attributes),
+    k_grid = k_grid or fig4.default_k_grid(num_attributes, tuple(fractions or fig4.DEFAULT_K_FRACTIONS))
+    spec = fig4.Fig4Spec(args.dataset, num_attributes, k_grid,
                          lambdas or list(fig4.DEFAULT_LAMBDAS), base,
                          None if chosen is None else apply_tuned(base, chosen))
     trials = spec.trials(args.seeds)
@@ -257,17 +266,21 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     with tracker.running():
         outcomes = run_grid(trials, cluster, tracker, progress=not args.no_progress)
         records = fig4.collect(spec, outcomes, args.seeds)
-        text = fig4.render_markdown(records, args.dataset)
+        statements = fig4.check_statements(records)
+        text = fig4.render_markdown(records, args.dataset) + "\n" + fig4.render_statements(
+            statements, args.dataset, args.seeds)
         seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             files = fig4.draw(records, folder, args.dataset, args.seeds)
             files += [_write(folder, "fig4.md", text), _write(folder, "fig4.csv", fig4.render_csv(records)),
-                      _write(folder, "fig4.json", json.dumps({"table": "fig4", "points": records}, indent=1))]
+                      _write(folder, "fig4.json", json.dumps({"table": "fig4", "points": records, "statements": [
+                          asdict(st) for st in statements]}, indent=1))]
             written = _publish(files, tracker, args.out)
         tracker.log_metrics({"wall_seconds": seconds})
         failures = sum(not o.ok for o in outcomes.values())
-    payload = {"table": "fig4", "points": records, **_summary(tracker, uri, seconds, outcomes, written)}
+    payload = {"table": "fig4", "points": records, "statements": [asdict(st) for st in statements],
+               **_summary(tracker, uri, seconds, outcomes, written)}
     footer = _timing_line(len(trials), len(outcomes), seconds, outcomes, cluster)
     plots = "plots: fig4_attributes.png, fig4_lambda.png (artifacts of the parent run"
     plots += ", and in --out)" if written else ")"
