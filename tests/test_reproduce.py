@@ -357,7 +357,7 @@ def test_fig4_statements_follow_their_printed_rules():
                           {100.0: 28.0})
     assert [s.verdict for s in fig4.check_statements(holds)] == ["holds"] * 5
     fails = _fig4_records({0.001: (8.0, 5.0), 0.1: (40.0, 20.0), 0.5: (50.0, 25.0), 1.0: (61.0, 30.0)},
-                          {10.0: 20.0, 30.0: 25.0, 100.0: 30.0}, {10.0: 18.0, 30.0: 20.0, 100.0: 25.0},
+                          {10.0: 20.0, 30.0: 25.0, 100.0: 30.0}, {10.0: 18.0, 30.0: 20.0, 100.0: 28.0},
                           {100.0: 31.0})
     assert [s.verdict for s in fig4.check_statements(fails)] == ["fails"] * 5
     text = fig4.render_statements(fig4.check_statements(fails), "synthetic", 1)
