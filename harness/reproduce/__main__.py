@@ -1,11 +1,12 @@
-"""Reproduce the paper with one command: `python -m harness.reproduce table2|table3|table4|fig4`.
+"""Reproduce the paper with one command: `python -m harness.reproduce table2|table3|table4|fig4|protocol`.
 
 Each command fits every configuration x seed of the table as a Ray task (local Ray by default,
 `--address` for a cluster), always at the final stage (trainval -> test: the paper's settings
 are fixed, nothing is selected), prints the published numbers beside ours as a Markdown table,
 and records the grid in MLflow: one parent run, one child run per configuration and seed, the
 table (CSV + Markdown) and plots as the parent's artifacts. `--tuned SOURCE` adds the best
-configuration of a finished search beside the paper's settings.
+configuration of a finished search beside the paper's settings. `protocol` is a diagnostic (see
+harness/reproduce/protocol.py): it measures what selecting on test would add to the same fits.
 """
 
 from __future__ import annotations
