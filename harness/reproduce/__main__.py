@@ -294,7 +294,8 @@ def run_protocol(args, common, tuned, cluster, uri, started) -> tuple[str, dict,
 
     if "," in args.dataset or "=" in args.dataset:
         raise InputError(f"--dataset {args.dataset}: protocol takes one dataset name")
-    preflight([args.dataset], common)
+    if not len(preflight([args.dataset], common)[args.dataset].test_seen_loc):
+        raise InputError(f"--dataset {args.dataset}: no test-seen images (a ZSL-only split); protocol measures GZSL H")
     base = tables.base_config("dazle", args.dataset, common)
     chosen = pick(tuned, "dazle", args.dataset)
     if tuned and chosen is None:
