@@ -309,7 +309,8 @@ def run_protocol(args, common, tuned, cluster, uri, started) -> tuple[str, dict,
         outcomes = run_grid(fits, cluster, tracker, progress=not args.no_progress, task=protocol.protocol_task)
         tuned_outcomes = run_grid(tuned_fits, cluster, tracker, progress=not args.no_progress) if tuned_fits else {}
         readings = protocol.read_outcomes(base, args.seeds, outcomes, tuned_config, tuned_outcomes)
-        text = protocol.render_markdown(readings, args.dataset, args.seeds, protocol.schedule_text(args.dataset, outcomes))
+        text = protocol.render_markdown(readings, args.dataset, args.seeds, protocol.schedule_text(args.dataset, outcomes),
+                                        args.epochs)
         records = protocol.records(readings)
         seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:

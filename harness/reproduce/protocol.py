@@ -184,8 +184,10 @@ def _inflation_cell(stat: Stat) -> str:
     return f"{stat.mean:+.1f}{spread}"
 
 
-def render_markdown(readings: Readings, dataset: str, seeds: int, schedule_text: str) -> str:
-    lines = [f"### The cost of selecting on test: DAZLE on {dataset} ({seeds} seed(s), paper settings)", "",
+def render_markdown(readings: Readings, dataset: str, seeds: int, schedule_text: str, epochs: int | None = None
+                    ) -> str:
+    settings = "paper settings" if epochs is None else f"paper settings but {epochs} epochs"
+    lines = [f"### The cost of selecting on test: DAZLE on {dataset} ({seeds} seed(s), {settings})", "",
              "| reading | selected on test | test evaluations | acc_s | acc_u | H | H - sealed (paired) |",
              "|---|---|---|---|---|---|---|"]
     for rule in RULES:
