@@ -144,12 +144,13 @@ def _draw(ax, series: Sequence[Series], positions: Mapping[float, float] | None 
     ax.legend(fontsize=8)
 
 
-def plot_attributes(series: Sequence[Series], path: str | Path, title: str) -> Path:
-    """H (percent) against k, the number of lowest-entropy attributes kept."""
+def plot_attributes(series: Sequence[Series], path: str | Path, title: str,
+                    xlabel: str = "number of attributes (lowest entropy first)") -> Path:
+    """H (percent) against k, the number (or share) of lowest-entropy attributes kept."""
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.subplots()
     _draw(ax, series)
-    ax.set_xlabel("number of attributes (lowest entropy first)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("H (%)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path, dpi=120)
@@ -166,4 +167,24 @@ def plot_lambda(series: Sequence[Series], path: str | Path, title: str) -> Path:
     ax.set_xlabel("lambda (self-calibration weight)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
+    return _save(fig, path, dpi=120)
+
+
+def plot_over_training(series: Sequence[Series], path: str | Path, title: str, sealed: float | None = None) -> Path:
+    """Metrics (percent) against training epochs; `sealed` marks the last step's value (the reported one)."""
+    fig = Figure(figsize=(5.6, 3.8))
+    ax = fig.subplots()
+    for s in series:
+        line = ax.plot(list(s.x), s.mean, marker="o", markersize=3, label=s.label)[0]
+        low = [m - d for m, d in zip(s.mean, s.std, strict=True)]
+        high = [m + d for m, d in zip(s.mean, s.std, strict=True)]
+        ax.fill_between(list(s.x), low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    if sealed is not None and series:
+        ax.plot([max(series[0].x)], [sealed], marker="*", markersize=12, color="black", linestyle="none",
+                label=f"sealed: last step, H {sealed:.1f}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test H (%)")
+    ax.set_title(title, fontsize=8)
     return _save(fig, path, dpi=120)

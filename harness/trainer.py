@@ -36,6 +36,9 @@ from harness.metrics import (
 )
 
 Reporter = Callable[[dict[str, float]], None]
+# Called after every training step with the method and the step's number (1-based, over all
+# epochs). Only the diagnostic harness.reproduce.protocol passes one; fit's result is unchanged.
+StepCallback = Callable[[ZSLMethod, int], None]
 
 
 class DivergenceError(RuntimeError):
@@ -293,7 +296,8 @@ def _end_final_epoch(run: _FitRun, epoch: int, losses: list[float], reporter: Re
         reporter(record)
 
 
-def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar) -> None:
+def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar, on_step: StepCallback | None = None
+                 ) -> None:
     losses: list[float] = []
     batches = PrefetchingBatches(run.view.features, run.sampler.epoch(), run.device, index_of=run.view.fit_indices)
     for step, (positions, x) in enumerate(batches, start=1):
@@ -302,6 +306,8 @@ def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar) -> No
         if not math.isfinite(loss):
             raise DivergenceError(epoch, (epoch - 1) * run.steps + step, loss)
         losses.append(loss)
+        if on_step is not None:
+            on_step(run.method, (epoch - 1) * run.steps + step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
@@ -336,12 +342,14 @@ def fit(
     dataset: GZSLDataset | None = None,
     reporter: Reporter | None = None,
     progress: bool = False,
+    on_step: StepCallback | None = None,
 ) -> FitResult:
     """Train `config.model` on the view of `config.stage` and return the protocol metrics.
 
     `reporter` receives a metrics dict after every validation pass (each epoch, or
     `reports_per_epoch` times an epoch), which is what ASHA schedules on; in the final stage it
-    receives the loss after each epoch.
+    receives the loss after each epoch. `on_step` (optional) is called after every training
+    step with the method and the step number; it must not train the method.
     """
     config.validate()
     started = time.perf_counter()
@@ -349,7 +357,7 @@ def fit(
     bar = _progress_bar(run, progress)
     try:
         for epoch in range(1, run.epochs + 1):
-            _train_epoch(run, epoch, reporter, bar)
+            _train_epoch(run, epoch, reporter, bar, on_step)
     finally:
         if bar is not None:
             bar.close()

@@ -13,6 +13,17 @@ Where the paper is silent the authors' released code decides: region features an
 semantic rows are L2-normalised, V starts from L2-normalised word vectors, W_e ~ N(0, 1) and
 W_alpha = W_beta = 0 (uniform attention, beta = 0.5 at the start).
 
+Deviations from the released code (hbdat/cvpr20_DAZLE, core/DAZLE.py), stated:
+- Dense attention off (Table 4's "mean features" rows): the mean of the region features is h_a
+  for every a, so it feeds both e_a (eq. 4) and beta_a (eq. 6), as the paper's text has it
+  (attention on attributes "by using mean of features from all image regions"). The released
+  code's uniform_att_1 replaces alpha by the uniform average for e only; it still computes the
+  dense attention and gates with beta of the attended features.
+- Not a deviation, but easy to misread: the cross-entropy of eq. 8-9 runs on the raw scores s;
+  the margin of eq. 11 enters only the self-calibration term and the prediction (eq. 13). The
+  released code adds the margin in forward() and subtracts it again before its cross-entropy,
+  which is the same thing.
+
 Speed without changing the numbers (docs/performance.md): h_a is never built. Because e_a and
 beta_a are linear in h_a, e_a = sum_r alpha_{a,r} (v_a^T W_e f_r), so the three projections
 v_a^T W_k f_r share one product with the regions, laid out [F, B*R] for the whole batch, and

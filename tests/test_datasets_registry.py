@@ -87,7 +87,7 @@ def test_real_datasets_name_their_cache_command_and_stand_in():
         "cub": extract.format("cub"), "cub-ss": extract.format("cub"),  # cub-ss reads cub's cache
         "sun": extract.format("sun"), "awa2": extract.format("awa2"), "deepfashion": extract.format("deepfashion")}
     assert {n: registry.stand_in(n) for n in REAL} == {
-        "cub": "synthetic", "cub-ss": "synthetic", "sun": "synthetic", "awa2": "synthetic",
+        "cub": "synthetic-cub", "cub-ss": "synthetic-cub-ss", "sun": "synthetic-sun", "awa2": "synthetic-awa2",
         "deepfashion": "synthetic-deepfashion"}
     for name in SYNTHETIC + ["no-such-dataset"]:
         assert registry.prepare_command(name) is None and registry.stand_in(name) is None
@@ -99,7 +99,7 @@ def test_missing_data_message_for_one_dataset_reads_as_before():
     assert missing_data_message(["cub"], "no\nfeature cache") == (
         "--dataset cub: data or feature cache not available (no feature cache); prepare it with "
         "`python -m harness.features extract --dataset cub --data-root DIR` (add --cache-dir DIR to choose where), "
-        "or try the synthetic stand-in `--dataset synthetic`")
+        "or try the synthetic stand-in `--dataset synthetic-cub`")
 
 
 def test_missing_data_message_names_every_dataset_on_one_line():
@@ -110,7 +110,8 @@ def test_missing_data_message_names_every_dataset_on_one_line():
                            "cub-ss: no cache; deepfashion: --data-root: missing)")
     assert "`python -m harness.features extract --dataset cub --data-root DIR` (cub, cub-ss)" in text
     assert "`python -m harness.features extract --dataset deepfashion --data-root DIR` (deepfashion)" in text
-    assert "`--dataset synthetic` (cub, cub-ss), `--dataset synthetic-deepfashion` (deepfashion)" in text
+    assert ("`--dataset synthetic-cub` (cub), `--dataset synthetic-cub-ss` (cub-ss), "
+            "`--dataset synthetic-deepfashion` (deepfashion)") in text
     same = missing_data_message(["sun", "awa2"], "no cache")
     assert "not available (no cache);" in same
     with pytest.raises(ValueError, match="synthetic"):

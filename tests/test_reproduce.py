@@ -118,7 +118,11 @@ def test_dataset_map_forms():
     parse = reproduce_tables.parse_dataset_map
     paper = ("cub", "sun", "awa2")
     assert parse(None, paper) == [("cub", "cub"), ("sun", "sun"), ("awa2", "awa2")]
-    assert parse("synthetic", paper) == [("cub", "synthetic"), ("sun", "synthetic"), ("awa2", "synthetic")]
+    assert parse("synthetic", paper) == [("cub", "synthetic-cub"), ("sun", "synthetic-sun"),
+                                         ("awa2", "synthetic-awa2")]  # each its own stand-in
+    assert parse("synthetic-sun", paper) == [("sun", "synthetic-sun")]  # a stand-in picks its dataset
+    assert parse("synthetic-tiny", paper) == [(d, "synthetic-tiny") for d in paper]  # any other: all
+    assert parse("synthetic", ("cub-ss", "cub")) == [("cub-ss", "synthetic-cub-ss"), ("cub", "synthetic-cub")]
     assert parse("cub=synthetic,awa2", paper) == [("cub", "synthetic"), ("awa2", "awa2")]
     with pytest.raises(InputError, match="--dataset"):
         parse("imagenet=synthetic", paper)
@@ -319,3 +323,42 @@ def test_several_missing_caches_are_named_in_one_line(tmp_path, capsys):
         assert f"--dataset {name}" in err or f"{name}," in err or f"({name}" in err or f" {name}" in err
     assert "python -m harness.features extract" in err and "synthetic" in err
     assert not db.exists()
+
+
+def test_fig4_sweeps_shares_of_the_attributes_and_three_series():
+    from harness.reproduce import fig4
+
+    assert fig4.default_k_grid(336) == [17, 34, 67, 101, 168, 252, 336]  # the stand-in: the paper's shares
+    assert 300 in fig4.default_k_grid(1000)  # DeepFashion: the paper's 300 of 1,000
+    spec = fig4.Fig4Spec("synthetic", 48, [12, 48], [0.1], reproduce_tables.base_config("dazle", "synthetic", {}),
+                         None)
+    switches = {(p.variant, p.config.dense_attention, p.config.attribute_attention) for p in spec.points()
+                if p.sweep == "attributes"}
+    assert switches == {("DAZLE", True, True), ("without attention over attributes", True, False),
+                        ("attention over attributes on mean features", False, True)}
+
+
+def _fig4_records(lambdas: dict[float, tuple[float, float]], dazle: dict[float, float], mean_aa: dict[float, float],
+                  no_aa: dict[float, float]) -> list[dict]:
+    recs = [{"sweep": "lambda", "series": "all attributes", "setting": "paper", "x": x, "acc_s_mean": 50.0,
+             "acc_u_mean": u, "H_mean": h} for x, (u, h) in lambdas.items()]
+    for series, points in (("DAZLE", dazle), ("attention over attributes on mean features", mean_aa),
+                           ("without attention over attributes", no_aa)):
+        recs += [{"sweep": "attributes", "series": series, "setting": "paper", "x": x, "acc_s_mean": 50.0,
+                  "acc_u_mean": 50.0, "H_mean": h} for x, h in points.items()]
+    return recs
+
+
+def test_fig4_statements_follow_their_printed_rules():
+    from harness.reproduce import fig4
+
+    holds = _fig4_records({0.001: (2.0, 5.0), 0.1: (40.0, 30.0), 0.5: (60.0, 25.0), 1.0: (61.0, 20.0)},
+                          {10.0: 20.0, 30.0: 29.0, 100.0: 30.0}, {10.0: 10.0, 30.0: 20.0, 100.0: 25.0},
+                          {100.0: 28.0})
+    assert [s.verdict for s in fig4.check_statements(holds)] == ["holds"] * 5
+    fails = _fig4_records({0.001: (8.0, 5.0), 0.1: (40.0, 20.0), 0.5: (50.0, 25.0), 1.0: (61.0, 30.0)},
+                          {10.0: 20.0, 30.0: 25.0, 100.0: 30.0}, {10.0: 18.0, 30.0: 20.0, 100.0: 28.0},
+                          {100.0: 31.0})
+    assert [s.verdict for s in fig4.check_statements(fails)] == ["fails"] * 5
+    text = fig4.render_statements(fig4.check_statements(fails), "synthetic", 1)
+    assert "H is best for lambda in [0.1, 0.3] | holds when the lambda with the highest mean H" in text

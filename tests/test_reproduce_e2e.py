@@ -103,13 +103,37 @@ def test_fig4_draws_both_plots_and_logs_them(local_ray, tmp_path, capsys):
     assert code == 0
     points = payload["points"]
     assert {(p["sweep"], p["series"], p["x"]) for p in points} == {
-        ("attributes", s, k) for s in ("with attention over attributes", "without attention over attributes")
+        ("attributes", s, 100.0 * k / 48) for s in ("DAZLE", "without attention over attributes",
+                                                   "attention over attributes on mean features")
         for k in (6, 48)} | {("lambda", "all attributes", lam) for lam in (0.0, 1.0)}
+    assert len(payload["statements"]) == 5 and "| the paper says | rule | ours | verdict |" in out
+    assert {s["verdict"] for s in payload["statements"]} <= {"holds", "fails", "n/a"}
     assert all(p["H_n"] == 1 and p["failures"] == 0 for p in points)
     for name in ("fig4_attributes.png", "fig4_lambda.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     parent, children = _runs(uri, payload["parent_run_id"])
     assert {a.path for a in _client(uri).list_artifacts(parent.info.run_id)} >= {
         "fig4_attributes.png", "fig4_lambda.png", "fig4.csv"}
-    assert len(children) == 6
+    assert len(children) == 8
     assert {c.data.params["num_attributes"] for c in children} == {"6", "default"}
+
+
+def test_protocol_reports_the_selection_gap_with_a_child_per_fit(local_ray, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tuned = tmp_path / "best_config.json"
+    tuned.write_text(json.dumps({"model": "dazle", "dataset": "synthetic-tiny", "lambda": 0.5}))
+    code, out, payload = _run(["protocol", "--dataset", "synthetic-tiny", "--seeds", "2", "--epochs", "2",
+                               "--tuned", str(tuned), "--tracking-uri", uri, "--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    rows = {r["reading"]: r for r in payload["rows"]}
+    assert set(rows) == {"sealed", "authors", "authors-shift", "tuned"}
+    assert all(rows[r]["H_n"] == 2 for r in rows)
+    assert rows["authors"]["H_inflation_mean"] >= 0 and rows["authors-shift"]["H_inflation_mean"] >= 0
+    assert "the last in-training evaluation equals it on 2/2 seeds" in out
+    assert (tmp_path / "out" / "protocol_test_h.png").read_bytes()[:4] == b"\x89PNG"
+    parent, children = _runs(uri, payload["parent_run_id"])
+    assert len(children) == 4  # 2 seeds of the paper's settings + 2 of the tuned configuration
+    history = _client(uri).get_metric_history(
+        next(c for c in children if c.data.tags["reproduce.setting"] == "paper").info.run_id, "diagnostic_test_H")
+    assert [m.step for m in history] == sorted(m.step for m in history) and len(history) == 2
+    assert {a.path for a in _client(uri).list_artifacts(parent.info.run_id)} >= {"protocol.md", "protocol_test_h.png"}

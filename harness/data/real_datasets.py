@@ -22,12 +22,13 @@ def _register(name: str, description: str, stand_in: str, cache_name: str | None
         return adapters.load(name, data_root, cache_dir, word_vectors, data_seed)
 
 
-_register("cub", "CUB-200-2011, xlsa17 proposed split (150 seen / 50 unseen, 312 attributes)", "synthetic")
-_register("sun", "SUN attributes, xlsa17 proposed split (645 seen / 72 unseen, 102 attributes)", "synthetic")
+# Each stand-in has its dataset's class counts, splits and attribute count (harness/data/synthetic.py).
+_register("cub", "CUB-200-2011, xlsa17 proposed split (150 seen / 50 unseen, 312 attributes)", "synthetic-cub")
+_register("sun", "SUN attributes, xlsa17 proposed split (645 seen / 72 unseen, 102 attributes)", "synthetic-sun")
 _register("awa2", "Animals with Attributes 2, xlsa17 proposed split (40 seen / 10 unseen, 85 attributes)",
-          "synthetic")
+          "synthetic-awa2")
 # cub-ss reads cub's images in cub's order, so cub's cache serves it.
-_register("cub-ss", "CUB-200-2011, standard split (150 / 50, ZSL only: no test-seen images)", "synthetic",
+_register("cub-ss", "CUB-200-2011, standard split (150 / 50, ZSL only: no test-seen images)", "synthetic-cub-ss",
           cache_name="cub")
 _register("deepfashion", "DeepFashion category/attribute benchmark (36 seen / 10 unseen, 1000 attributes)",
           "synthetic-deepfashion")

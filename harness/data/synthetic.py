@@ -65,6 +65,10 @@ class SyntheticSpec:
     region_noise: float = 0.6
     test_seen_fraction: float = 0.2
     default_epochs: int = 20
+    # "proposed" (GBU's proposed split, the generator's own unseen classes) or "standard": the same
+    # images and classes with another set of unseen classes drawn among all classes, as CUB's
+    # standard split of Akata et al. differs from its proposed split.
+    split: str = "proposed"
     seed: int = 0
 
     @property
@@ -85,6 +89,22 @@ PRESETS = {
 }
 # The miniature's classes, attributes and split rule with few images: CLI smoke tests.
 PRESETS["synthetic-tiny"] = replace(PRESETS["synthetic"], name="synthetic-tiny", images_per_class=10)
+# Stand-ins shaped like the real datasets of Tables 2 and 3 (DESIGN section 5, paper Table 1): each
+# one's class counts (train + validation = seen / unseen) and attribute count, 64-d regions like
+# `synthetic`, and few images per class so that `table2 --dataset synthetic` fits on two cores.
+PRESETS["synthetic-cub"] = SyntheticSpec(
+    name="synthetic-cub", num_parts=24, values_per_part=13, num_classes=200, num_unseen=50, num_val=50,
+    images_per_class=20, num_families=20, mutations_per_class=4,
+)  # 312 attributes, 100 + 50 / 50 classes
+PRESETS["synthetic-cub-ss"] = replace(PRESETS["synthetic-cub"], name="synthetic-cub-ss", split="standard")
+PRESETS["synthetic-sun"] = SyntheticSpec(
+    name="synthetic-sun", num_parts=17, values_per_part=6, num_classes=717, num_unseen=72, num_val=65,
+    images_per_class=8, num_families=40, mutations_per_class=3,
+)  # 102 attributes, 580 + 65 / 72 classes
+PRESETS["synthetic-awa2"] = SyntheticSpec(
+    name="synthetic-awa2", num_parts=17, values_per_part=5, num_classes=50, num_unseen=10, num_val=13,
+    images_per_class=60, num_families=8, mutations_per_class=3,
+)  # 85 attributes, 27 + 13 / 10 classes
 
 
 def _attribute_words(spec: SyntheticSpec) -> tuple[list[str], list[list[str]], np.ndarray]:
@@ -225,9 +245,29 @@ def _seen_splits(spec: SyntheticSpec, labels: np.ndarray, unseen_ids: np.ndarray
     return val_classes, np.sort(np.concatenate(trainval)), np.sort(np.concatenate(test_seen))
 
 
+def _standard_split(spec: SyntheticSpec, labels: np.ndarray, proposed_unseen: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unseen classes, validation classes, trainval and test_seen images of the standard split.
+
+    Its unseen classes are drawn among all classes (so some proposed-split unseen classes become
+    seen and some seen ones unseen), from a generator of its own: the images, classes and
+    attributes are exactly the proposed split's. Unlike the real CUB standard split it keeps
+    test-seen images (the same 20% rule), so it also builds a GZSL view; Table 3 reads ZSL only.
+    """
+    rng = np.random.default_rng([spec.seed, 1])
+    for _ in range(100):
+        unseen = np.sort(rng.choice(spec.num_classes, size=spec.num_unseen, replace=False))
+        if not np.array_equal(unseen, proposed_unseen):
+            break
+    val_classes, trainval, test_seen = _seen_splits(spec, labels, unseen, rng)
+    return unseen, val_classes, trainval, test_seen
+
+
 def generate(spec: SyntheticSpec) -> GZSLDataset:
     """The dataset of `spec`; every random draw comes from one generator seeded with spec.seed,
     in a fixed order, so the same spec gives the same arrays."""
+    if spec.split not in ("proposed", "standard"):
+        raise ValueError(f"{spec.name}: split must be 'proposed' or 'standard', got {spec.split!r}")
     rng = np.random.default_rng(spec.seed)
     names, phrases, attribute_part = _attribute_words(spec)
     word_vectors = _word_vectors(phrases, spec, rng)
@@ -237,6 +277,8 @@ def generate(spec: SyntheticSpec) -> GZSLDataset:
     shown, visible, cells = _image_parts(spec, class_values, labels, rng)
     maps, shown_attributes = _region_features(spec, signatures, shown, visible, cells, rng)
     val_classes, trainval, test_seen = _seen_splits(spec, labels, unseen_ids, rng)
+    if spec.split == "standard":
+        unseen_ids, val_classes, trainval, test_seen = _standard_split(spec, labels, unseen_ids)
     ds = GZSLDataset(
         name=spec.name,
         labels=labels.astype(np.int64),

@@ -34,3 +34,26 @@ def synthetic_tiny(data_seed: int = 0, images_per_class: int | None = None) -> G
 )
 def synthetic_deepfashion(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
     return _cached("synthetic-deepfashion", data_seed, images_per_class)
+
+
+# Stand-ins shaped like the real datasets (their class counts, splits and attribute counts).
+@register_dataset("synthetic-cub", "CUB-shaped synthetic stand-in, proposed split (150 seen / 50 unseen, "
+                                   "312 attributes)")
+def synthetic_cub(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-cub", data_seed, images_per_class)
+
+
+@register_dataset("synthetic-cub-ss", "synthetic-cub's images and classes with a standard split: other unseen "
+                                      "classes (150 / 50), as CUB's standard split")
+def synthetic_cub_ss(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-cub-ss", data_seed, images_per_class)
+
+
+@register_dataset("synthetic-sun", "SUN-shaped synthetic stand-in (645 seen / 72 unseen, 102 attributes)")
+def synthetic_sun(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-sun", data_seed, images_per_class)
+
+
+@register_dataset("synthetic-awa2", "AWA2-shaped synthetic stand-in (40 seen / 10 unseen, 85 attributes)")
+def synthetic_awa2(data_seed: int = 0, images_per_class: int | None = None) -> GZSLDataset:
+    return _cached("synthetic-awa2", data_seed, images_per_class)

@@ -1,11 +1,12 @@
-"""Reproduce the paper with one command: `python -m harness.reproduce table2|table3|table4|fig4`.
+"""Reproduce the paper with one command: `python -m harness.reproduce table2|table3|table4|fig4|protocol`.
 
 Each command fits every configuration x seed of the table as a Ray task (local Ray by default,
 `--address` for a cluster), always at the final stage (trainval -> test: the paper's settings
 are fixed, nothing is selected), prints the published numbers beside ours as a Markdown table,
 and records the grid in MLflow: one parent run, one child run per configuration and seed, the
 table (CSV + Markdown) and plots as the parent's artifacts. `--tuned SOURCE` adds the best
-configuration of a finished search beside the paper's settings.
+configuration of a finished search beside the paper's settings. `protocol` is a diagnostic (see
+harness/reproduce/protocol.py): it measures what selecting on test would add to the same fits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from harness import tracking
@@ -32,20 +34,24 @@ TARGETS = {
     "table2": ("GZSL of ESZSL, DeViSE and DAZLE on CUB, SUN, AWA2", "cub,sun,awa2", 3),
     "table3": ("DAZLE's ZSL accuracy on CUB, standard vs proposed split", "cub-ss,cub", 3),
     "table4": ("DAZLE's ablation on DeepFashion (seven configurations)", "deepfashion", 3),
-    "fig4": ("H vs number of attributes, accuracies vs lambda (PNG plots)", "cub", 1),
+    "fig4": ("Figure 4 (DeepFashion): H vs share of attributes (three series), accuracies vs lambda, the paper's "
+             "statements checked (PNG plots)", "deepfashion", 1),
+    "protocol": ("diagnostic: what selecting on test adds (sealed last step vs best test H vs shift swept on "
+                 "test), DAZLE", "cub", 3),
 }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="python -m harness.reproduce",
                                 description="Reproduce the DAZLE paper's tables and Figure 4 beside the published numbers.")
-    sub = p.add_subparsers(dest="target", required=True, metavar="{table2,table3,table4,fig4}")
+    sub = p.add_subparsers(dest="target", required=True, metavar="{table2,table3,table4,fig4,protocol}")
     for name, (summary, dataset, seeds) in TARGETS.items():
         sp = sub.add_parser(name, help=summary, description=summary)
         multi = name in ("table2", "table3")
         sp.add_argument("--dataset", default=dataset, help=(
-            f"default {dataset}. Comma list of PAPER=OURS items or bare names; a bare name that is not one of "
-            "the paper's datasets stands in for all of them (e.g. synthetic)" if multi else
+            f"default {dataset}. Comma list of PAPER=OURS items or bare names: synthetic maps each paper "
+            "dataset to its own stand-in (cub -> synthetic-cub, ...); a registered stand-in picks its dataset; any "
+            "other name stands in for all of them" if multi else
             f"default {dataset}; e.g. {stand_in(dataset) or 'synthetic'} for the synthetic stand-in"))
         sp.add_argument("--seeds", type=int, default=seeds, help=f"seeds 0..N-1 per configuration (default {seeds})")
         sp.add_argument("--epochs", type=int, default=None, help="override the dataset's default (paper) epochs")
@@ -65,8 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         sp.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
         if name == "fig4":
-            sp.add_argument("--k-grid", default=None,
-                            help="comma list of k (default: 1/16, 1/8, 1/4, 1/2, 3/4 and all of the attributes)")
+            sp.add_argument("--k-fractions", default=None, help=(
+                "comma list of shares of the attributes to keep, in (0, 1] (default "
+                f"{','.join(f'{x:g}' for x in fig4.DEFAULT_K_FRACTIONS)}: the paper's 300 of 1,000 is 0.3)"))
+            sp.add_argument("--k-grid", default=None, help="comma list of attribute counts k (overrides --k-fractions)")
             sp.add_argument("--lambda-grid", default=None,
                             help=f"comma list of lambdas (default {','.join(f'{x:g}' for x in fig4.DEFAULT_LAMBDAS)})")
     return p
@@ -218,7 +226,8 @@ def _parent_params(args, trials) -> dict:
         "address": args.address or "local", "cpus_per_trial": args.cpus_per_trial,
         "gpus_per_trial": args.gpus_per_trial, "tuned": ";".join(args.tuned) or "none",
         "stage": "final", "git_commit": tracking.git_commit(),
-        **({"k_grid": args.k_grid or "default", "lambda_grid": args.lambda_grid or "default"}
+        **({"k_grid": args.k_grid or "default", "k_fractions": args.k_fractions or "default",
+            "lambda_grid": args.lambda_grid or "default"}
            if args.target == "fig4" else {}),
     }
 
@@ -240,12 +249,16 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     if "," in args.dataset or "=" in args.dataset:
         raise InputError(f"--dataset {args.dataset}: fig4 takes one dataset name")
     k_grid = fig4.parse_grid(args.k_grid, "--k-grid", int)
+    fractions = fig4.parse_grid(args.k_fractions, "--k-fractions", float)
+    if fractions and not all(0 < f <= 1 for f in fractions):
+        raise InputError(f"--k-fractions {args.k_fractions}: expected shares in (0, 1]")
     lambdas = fig4.parse_grid(args.lambda_grid, "--lambda-grid", float)
     dataset = preflight([args.dataset], common)[args.dataset]
     num_attributes = int(dataset.class_attributes.shape[1])
     base = tables.base_config("dazle", args.dataset, common)
     chosen = pick(tuned, "dazle", args.dataset)
-    spec = fig4.Fig4Spec(args.dataset, num_attributes, k_grid or fig4.default_k_grid(num_attributes),
+    k_grid = k_grid or fig4.default_k_grid(num_attributes, tuple(fractions or fig4.DEFAULT_K_FRACTIONS))
+    spec = fig4.Fig4Spec(args.dataset, num_attributes, k_grid,
                          lambdas or list(fig4.DEFAULT_LAMBDAS), base,
                          None if chosen is None else apply_tuned(base, chosen))
     trials = spec.trials(args.seeds)
@@ -254,21 +267,68 @@ def run_fig4(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int
     with tracker.running():
         outcomes = run_grid(trials, cluster, tracker, progress=not args.no_progress)
         records = fig4.collect(spec, outcomes, args.seeds)
-        text = fig4.render_markdown(records, args.dataset)
+        statements = fig4.check_statements(records)
+        text = fig4.render_markdown(records, args.dataset) + "\n" + fig4.render_statements(
+            statements, args.dataset, args.seeds)
         seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             files = fig4.draw(records, folder, args.dataset, args.seeds)
             files += [_write(folder, "fig4.md", text), _write(folder, "fig4.csv", fig4.render_csv(records)),
-                      _write(folder, "fig4.json", json.dumps({"table": "fig4", "points": records}, indent=1))]
+                      _write(folder, "fig4.json", json.dumps({"table": "fig4", "points": records, "statements": [
+                          asdict(st) for st in statements]}, indent=1))]
             written = _publish(files, tracker, args.out)
         tracker.log_metrics({"wall_seconds": seconds})
         failures = sum(not o.ok for o in outcomes.values())
-    payload = {"table": "fig4", "points": records, **_summary(tracker, uri, seconds, outcomes, written)}
+    payload = {"table": "fig4", "points": records, "statements": [asdict(st) for st in statements],
+               **_summary(tracker, uri, seconds, outcomes, written)}
     footer = _timing_line(len(trials), len(outcomes), seconds, outcomes, cluster)
     plots = "plots: fig4_attributes.png, fig4_lambda.png (artifacts of the parent run"
     plots += ", and in --out)" if written else ")"
     return text + "\n" + plots + "\n" + footer + "\n" + _where(tracker, uri, written), payload, failures
+
+
+def run_protocol(args, common, tuned, cluster, uri, started) -> tuple[str, dict, int]:
+    """The diagnostic of harness/reproduce/protocol.py: the only command that looks at test more than once."""
+    from harness.reproduce import protocol  # torch only when this command runs: --help stays light
+
+    if "," in args.dataset or "=" in args.dataset:
+        raise InputError(f"--dataset {args.dataset}: protocol takes one dataset name")
+    if not len(preflight([args.dataset], common)[args.dataset].test_seen_loc):
+        raise InputError(f"--dataset {args.dataset}: no test-seen images (a ZSL-only split); protocol measures GZSL H")
+    base = tables.base_config("dazle", args.dataset, common)
+    chosen = pick(tuned, "dazle", args.dataset)
+    if tuned and chosen is None:
+        raise InputError(f"--tuned: no DAZLE configuration for {args.dataset} in {', '.join(args.tuned)}")
+    tuned_config = None if chosen is None else apply_tuned(base, chosen)
+    fits = protocol.trials(base, args.seeds)
+    tuned_fits = [] if tuned_config is None else protocol.trials(tuned_config, args.seeds, "tuned")
+    tracker = GridTracker(uri, args.experiment, "reproduce-protocol", _parent_params(args, fits + tuned_fits),
+                          {"reproduce.table": "protocol", "dataset": args.dataset, "diagnostic": "looks at test"})
+    with tracker.running():
+        outcomes = run_grid(fits, cluster, tracker, progress=not args.no_progress, task=protocol.protocol_task)
+        tuned_outcomes = run_grid(tuned_fits, cluster, tracker, progress=not args.no_progress) if tuned_fits else {}
+        readings = protocol.read_outcomes(base, args.seeds, outcomes, tuned_config, tuned_outcomes)
+        text = protocol.render_markdown(readings, args.dataset, args.seeds, protocol.schedule_text(args.dataset, outcomes),
+                                        args.epochs)
+        records = protocol.records(readings)
+        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            files = [protocol.draw(outcomes, base, args.seeds, folder, args.dataset),
+                     _write(folder, "protocol.md", text), _write(folder, "protocol.csv", tables.render_csv(records)),
+                     _write(folder, "protocol.json", json.dumps({"table": "protocol", "rows": records}, indent=1))]
+            written = _publish(files, tracker, args.out)
+        tracker.log_metrics({**{f"{r['reading']}.{m}": r[f"{m}_mean"] for r in records for m in protocol.METRICS
+                                if r[f"{m}_mean"] is not None},
+                             **{f"{r['reading']}.H_inflation": r["H_inflation_mean"] for r in records
+                                if r["H_inflation_mean"] is not None}, "wall_seconds": seconds})
+        all_outcomes = {**outcomes, **tuned_outcomes}
+        failures = sum(not o.ok for o in all_outcomes.values())
+    payload = {"table": "protocol", "rows": records, **_summary(tracker, uri, seconds, all_outcomes, written)}
+    footer = _timing_line(len(fits) + len(tuned_fits), len(all_outcomes), seconds, all_outcomes, cluster)
+    plot = "plot: protocol_test_h.png (artifact of the parent run" + (", and in --out)" if written else ")")
+    return text + "\n" + plot + "\n" + footer + "\n" + _where(tracker, uri, written), payload, failures
 
 
 def main(args: argparse.Namespace) -> int:
@@ -282,7 +342,7 @@ def main(args: argparse.Namespace) -> int:
     common = {"epochs": args.epochs, "data_root": args.data_root, "cache_dir": args.cache_dir,
               "word_vectors": args.word_vectors}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
-    runner = run_fig4 if args.target == "fig4" else run_table
+    runner = {"fig4": run_fig4, "protocol": run_protocol}.get(args.target, run_table)
     # Ray first, and a trial that no node could ever host is an error now, not an endless wait.
     started_ray = start_ray(cluster)
     try:

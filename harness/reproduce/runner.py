@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from harness import tracking
@@ -38,6 +38,10 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     run_id: str | None = None
+    # Metrics recorded during training at a step of their own ({"step": n, name: value, ...}),
+    # logged to the child run at that step (the protocol diagnostic's test curve).
+    curve: list[dict[str, float]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # plain data a task returns beside its metrics
 
     @property
     def ok(self) -> bool:
@@ -109,6 +113,8 @@ class GridTracker:
         for record in outcome.history:
             step = int(record.get("epoch", 0))
             tracking.log_metrics(ref, {k: v for k, v in record.items() if k not in ("epoch", "step")}, step=step)
+        for record in outcome.curve:
+            tracking.log_metrics(ref, {k: v for k, v in record.items() if k != "step"}, step=int(record["step"]))
         tracking.log_metrics(ref, {**outcome.metrics, "seconds": outcome.seconds})
         tracking.end_run(ref, "FINISHED" if outcome.ok else "FAILED")
         return ref.run_id
@@ -142,11 +148,13 @@ def run_grid(
     cluster: ClusterOptions,
     tracker: GridTracker | None,
     progress: bool = True,
+    task: Callable[[dict], dict] = fit_task,
 ) -> dict[TrainConfig, Outcome]:
     """Fit every distinct configuration once, in parallel on Ray.
 
     Outcomes are keyed by the trial's configuration; each outcome holds the configuration as it
-    ran (threads and device set from the task's resources).
+    ran (threads and device set from the task's resources). `task` is the body of one Ray task:
+    fit_task, or another function returning the same keys (plus optional "curve" and "extra").
     """
     import ray
 
@@ -154,7 +162,7 @@ def run_grid(
     for trial in trials:
         by_config.setdefault(trial.config, []).append(trial)
     started_here = start_ray(cluster)
-    remote = ray.remote(num_cpus=cluster.cpus_per_trial, num_gpus=cluster.gpus_per_trial, max_retries=0)(fit_task)
+    remote = ray.remote(num_cpus=cluster.cpus_per_trial, num_gpus=cluster.gpus_per_trial, max_retries=0)(task)
     outcomes: dict[TrainConfig, Outcome] = {}
     bar = None
     if progress:
@@ -174,7 +182,8 @@ def run_grid(
                 except ray.exceptions.RayError as err:  # the worker died (OOM, node lost)
                     raw = {"error": " ".join(f"{type(err).__name__}: {err}".split())[:2000]}
                 outcome = Outcome(placed[config], raw.get("metrics", {}), raw.get("history", []),
-                                  float(raw.get("seconds", 0.0)), raw.get("error"))
+                                  float(raw.get("seconds", 0.0)), raw.get("error"), curve=raw.get("curve", []),
+                                  extra=raw.get("extra", {}))
                 if tracker is not None:
                     outcome.run_id = tracker.log_child(by_config[config], outcome)
                 outcomes[config] = outcome

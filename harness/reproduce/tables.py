@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import search_spaces
 from harness.config import TrainConfig
+from harness.data.registry import stand_in
 from harness.errors import InputError
 from harness.reproduce import paper
 from harness.reproduce.runner import Outcome, Trial
@@ -378,12 +379,27 @@ def _tuned_for(config: TrainConfig, tuned: list[TunedConfig]) -> TrainConfig | N
     return None if chosen is None else apply_tuned(config, chosen)
 
 
+ALL_STAND_INS = "synthetic"  # as a bare --dataset name: each paper dataset's own registered stand-in
+
+
+def _bare_name(item: str, paper_datasets: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (paper, ours) pairs of a bare --dataset name (see parse_dataset_map)."""
+    if item in paper_datasets:
+        return [(item, item)]
+    if item == ALL_STAND_INS:
+        return [(d, stand_in(d) or ALL_STAND_INS) for d in paper_datasets]
+    picked = [(d, item) for d in paper_datasets if stand_in(d) == item]
+    return picked or [(d, item) for d in paper_datasets]
+
+
 def parse_dataset_map(text: str | None, paper_datasets: tuple[str, ...]) -> list[tuple[str, str]]:
     """--dataset for tables over several datasets.
 
     Comma-separated items, each `PAPER=OURS` (run OURS in place of the paper's PAPER) or a bare
-    name: one of the paper's datasets runs itself; any other name stands in for all of them.
-    Default: every paper dataset as itself.
+    name: one of the paper's datasets runs itself; `synthetic` maps each paper dataset to its own
+    stand-in (the registry's stand_in: cub -> synthetic-cub, cub-ss -> synthetic-cub-ss, ...); a
+    registered stand-in (e.g. synthetic-cub) picks the paper datasets it stands in for; any other
+    name stands in for all of them. Default: every paper dataset as itself.
     """
     if not text:
         return [(d, d) for d in paper_datasets]
@@ -396,10 +412,8 @@ def parse_dataset_map(text: str | None, paper_datasets: tuple[str, ...]) -> list
             if left not in paper_datasets or not right:
                 raise InputError(f"--dataset {item}: expected PAPER=OURS with PAPER one of {', '.join(paper_datasets)}")
             pairs.append((left, right))
-        elif item in paper_datasets:
-            pairs.append((item, item))
         else:
-            pairs.extend((d, item) for d in paper_datasets)
+            pairs.extend(_bare_name(item, paper_datasets))
     if not pairs:
         raise InputError(f"--dataset {text!r}: no dataset named")
     seen = set()
