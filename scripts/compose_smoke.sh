@@ -166,8 +166,8 @@ if [ "$OFFLINE" = 1 ] && [ -n "${SMOKE_BASE_IMAGE:-}" ]; then
   step_done "base image $BASE (given; kept)"
 elif [ "$OFFLINE" = 1 ]; then
   BASE="gzsl-smoke/bookworm:$TAG"
-  MIRROR="$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
-            | grep -v security | head -1 | awk '{print ($1 == "deb" ? ($2 ~ /^\[/ ? $3 : $2) : $2)}')"
+  MIRROR="$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true) | grep -E '^(URIs:|deb )' \
+            | grep -v security | head -1 | awk '{print ($1 == "deb" ? ($2 ~ /^\[/ ? $3 : $2) : $2)}' || true)"
   MIRROR="${MIRROR:-http://deb.debian.org/debian}"
   log "no registry reachable: building the base $BASE (debootstrap --variant=minbase bookworm, $MIRROR)"
   command -v debootstrap >/dev/null || fail "debootstrap missing (apt-get install -y --no-install-recommends debootstrap)"
