@@ -481,7 +481,9 @@ def test_compose_spec_schema(tmp_path):
         pytest.skip("check-jsonschema not installed (pip install check-jsonschema)")
     merged = tmp_path / "multihost-merged.yml"
     merged.write_text(yaml.safe_dump(merge(load(COMPOSE), load(MULTIHOST))))
-    for path in (COMPOSE, merged):
+    merged_offline = tmp_path / "offline-merged.yml"
+    merged_offline.write_text(yaml.safe_dump(merge(load(COMPOSE), load(OFFLINE))))
+    for path in (COMPOSE, merged, OFFLINE, merged_offline):
         out = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(path)],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
