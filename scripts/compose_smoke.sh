@@ -106,6 +106,11 @@ cleanup() {
   fi
   for image in "${BUILT_IMAGES[@]}"; do "$DOCKER" rmi -f "$image" >/dev/null 2>&1 || true; done
   [ "${#BUILT_IMAGES[@]}" -gt 0 ] && log "removed images: ${BUILT_IMAGES[*]}"
+  if [ "$STARTED_DAEMON" = 0 ] && [ -f "$WORK/dangling.before" ]; then
+    # the untagged images of the build's intermediate stage (torch), created during this run
+    local gone; gone="$("$DOCKER" images -q --filter dangling=true | sort | comm -13 "$WORK/dangling.before" - | sort -u)"
+    [ -n "$gone" ] && "$DOCKER" rmi $gone >/dev/null 2>&1 && log "removed $(wc -w <<<"$gone") untagged build-stage image(s)"
+  fi
   for f in "${CREATED_FILES[@]}"; do rm -f "$f"; done
   rm -rf "$WORK/rootfs" "$WORK/compose.smoke.yml" "$WORK/smoke.env" "$WORK/data" "$WORK/cache"
   if [ "$STARTED_DAEMON" = 1 ]; then
@@ -254,6 +259,8 @@ log "compose file: $WORK/compose.smoke.yml (from ${COMPOSE_FILES[*]}; ports 127.
     "$RAY_GCS_PORT GCS, $RAY_DASHBOARD_PORT dashboard, $RAY_CLIENT_PORT client)"
 step_done "build inputs"
 
+"$DOCKER" images -q --filter dangling=true | sort > "$WORK/dangling.before"
+CREATED_FILES+=("$WORK/dangling.before")
 BUILD_SERVICES=(mlflow)
 [ "$OFFLINE" = 1 ] && BUILD_SERVICES=(postgres mlflow)
 for service in "${BUILD_SERVICES[@]}"; do
@@ -270,8 +277,8 @@ done
 
 health() { "$DOCKER" inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null; }
 ids() { "${COMPOSE[@]}" ps -q "$1"; }
-wait_healthy() {
-  local start; start=$(date +%s)
+wait_healthy() {  # $1: when `up` began
+  local start="$1"
   for _ in $(seq 150); do
     local ok=1 s id
     for s in postgres mlflow ray-head; do
@@ -283,7 +290,7 @@ import ray, sys
 ray.init(address='auto', logging_level='ERROR')
 alive = [n for n in ray.nodes() if n['Alive']]
 sys.exit(0 if len(alive) == 3 else 1)" >/dev/null 2>&1; then
-      log "healthy after $(( $(date +%s) - start )) s: postgres, mlflow, ray-head healthy; 2 workers joined (3 Ray nodes)"
+      log "healthy $(( $(date +%s) - start )) s after \`up\`: postgres, mlflow, ray-head healthy; 2 workers joined (3 Ray nodes)"
       return 0
     fi
     sleep 4
@@ -293,8 +300,9 @@ sys.exit(0 if len(alive) == 3 else 1)" >/dev/null 2>&1; then
 }
 
 STACK_UP=1
+UP_T=$(date +%s)
 "${COMPOSE[@]}" up -d --scale ray-worker=2 2>&1 | sed 's/^/  /'
-wait_healthy
+wait_healthy "$UP_T"
 "${COMPOSE[@]}" ps | sed 's/^/  /'
 step_done "up and healthy"
 
@@ -398,8 +406,9 @@ step_done "ports"
 
 "${COMPOSE[@]}" down 2>&1 | sed 's/^/  /'
 log "down (volumes kept): $("$DOCKER" volume ls -q --filter "label=com.docker.compose.project=$PROJECT" | tr '\n' ' ')"
+UP_T=$(date +%s)
 "${COMPOSE[@]}" up -d --scale ray-worker=2 2>&1 | sed 's/^/  /'
-wait_healthy
+wait_healthy "$UP_T"
 # The new containers have new host names (the runs keep the old ones): counts only this time.
 check_mlflow "after down/up" 0 || fail "the runs did not survive down/up"
 step_done "down and up again"
