@@ -162,6 +162,10 @@ step_done "engine"
 
 COMPOSE_FILES=(-f docker-compose.yml)
 OFFLINE="${SMOKE_OFFLINE:-}"
+had_public=()  # public images already there are the user's: kept at clean-up
+for image in python:3.11-slim-bookworm postgres:17-bookworm; do
+  "$DOCKER" image inspect "$image" >/dev/null 2>&1 && had_public+=("$image")
+done
 if [ -z "$OFFLINE" ]; then
   if timeout 60 "$DOCKER" pull -q python:3.11-slim-bookworm >/dev/null 2>&1; then OFFLINE=0; else OFFLINE=1; fi
 fi
@@ -187,7 +191,7 @@ elif [ "$OFFLINE" = 1 ]; then
   step_done "base image (offline)" "$("$DOCKER" image ls --format '{{.Size}}' "$BASE")"
 else
   BASE=""
-  BUILT_IMAGES+=(python:3.11-slim-bookworm)
+  [[ " ${had_public[*]} " == *" python:3.11-slim-bookworm "* ]] || BUILT_IMAGES+=(python:3.11-slim-bookworm)
   step_done "base image pulled (registry reachable)"
 fi
 
@@ -271,7 +275,7 @@ for service in "${BUILD_SERVICES[@]}"; do
   CREATED_FILES+=("$WORK/build-$service.log")
   step_done "image $image (service $service)" "$("$DOCKER" image ls --format '{{.Size}}' "$image")"
 done
-[ "$OFFLINE" = 1 ] || BUILT_IMAGES+=(postgres:17-bookworm)
+[ "$OFFLINE" = 1 ] || [[ " ${had_public[*]} " == *" postgres:17-bookworm "* ]] || BUILT_IMAGES+=(postgres:17-bookworm)
 
 # ------------------------------------------------------------------ 4. up, health
 
