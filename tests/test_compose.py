@@ -1,11 +1,12 @@
-"""docker-compose.yml, docker/compose.multihost.yml and docker/Dockerfile, checked without Docker.
+"""docker-compose.yml, docker/compose.{multihost,offline}.yml and the Dockerfiles, checked without Docker.
 
 No Docker engine runs here, so the compose files are read as data: every command must be a real
 command of the project or of a tool installed in the image (its options checked against the
 installed CLI's own option list), published ports bind to 127.0.0.1, no secret is written in the
 files, the data and feature caches are read-only at the same path everywhere, and the image pins
 what pyproject pins. Offline validators run when installed (check-jsonschema with the Compose
-Specification's schema; Debian's docker-compose), and are skipped otherwise.
+Specification's schema; Debian's docker-compose), and are skipped otherwise. The stack itself is
+built and run by scripts/compose_smoke.sh (10-20 minutes, root, kept out of CI: docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 MULTIHOST = ROOT / "docker" / "compose.multihost.yml"
+OFFLINE = ROOT / "docker" / "compose.offline.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
+PG_DOCKERFILE = ROOT / "docker" / "postgres.Dockerfile"
+PG_ENTRYPOINT = ROOT / "docker" / "postgres-entrypoint.sh"
+FLATTEN = ROOT / "docker" / "compose_flatten.py"
 GPU_SLOT = ROOT / "docker" / "gpu-slot.sh"
 ENV_EXAMPLE = ROOT / ".env.example"
 
@@ -85,19 +90,26 @@ def interpolate(value, env: dict[str, str]):
 
 
 def merge(base: dict, override: dict) -> dict:
-    """The Compose merge rules this repository's override relies on: mappings merge key by key,
-    `command` replaces, `ports`/`volumes` append, `!reset` empties."""
+    """The Compose merge rules this repository's overrides rely on: mappings merge key by key,
+    `command` replaces, `ports` append, `volumes` merge by mount path, `!reset` empties."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, _Reset):
             out[key] = []
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
-        elif key in ("ports", "volumes") and isinstance(out.get(key), list):
+        elif key == "volumes" and isinstance(out.get(key), list):
+            targets = {_target(v) for v in value}
+            out[key] = [v for v in out[key] if _target(v) not in targets] + list(value)
+        elif key == "ports" and isinstance(out.get(key), list):
             out[key] = out[key] + [v for v in value if v not in out[key]]
         else:
             out[key] = value
     return out
+
+
+def _target(volume) -> str:
+    return volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +120,11 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def multihost(compose) -> dict:
     return interpolate(merge(load(COMPOSE), load(MULTIHOST)), FAKE_ENV)
+
+
+@pytest.fixture(scope="module")
+def offline() -> dict:
+    return interpolate(merge(load(COMPOSE), load(OFFLINE)), FAKE_ENV)
 
 
 def _environment(service: dict) -> dict[str, str]:
@@ -158,8 +175,9 @@ def _assert_options(argv: list[str], known: set[str], what: str) -> None:
 def check_command(argv: list[str], image: str) -> None:
     """Fail unless argv is a command the service's image really has, with options that exist."""
     prog, rest = argv[0], argv[1:]
-    if image.startswith("postgres:"):
-        # The official image's entrypoint runs the server for `postgres`.
+    if image.startswith(("postgres:", "gzsl-postgres:")):
+        # The official image's entrypoint runs the server for `postgres`; so does
+        # docker/postgres-entrypoint.sh in the offline image (Debian's package).
         assert prog in ("postgres", "pg_isready"), f"{prog}: not a command of the postgres image"
         return
     assert image.startswith("gzsl-harness:"), f"unexpected image {image}"
@@ -410,14 +428,11 @@ def test_dockerfile_matches_the_project():
     for pkg in ("torch", "torchvision"):
         pin = next(d for d in deps if re.match(rf"{pkg}\s*==", d)).replace(" ", "")
         assert re.search(rf"(?<![\w-]){re.escape(pin)}(?![\w.])", text), f"Dockerfile does not install {pin}"
-    assert "pip install ." in text
+    assert re.search(r"^RUN pip install (--\S+ )*\.( |$)", text, re.M), "the project is not installed"
     assert "psycopg[binary]" in text, "MLflow's postgresql:// store needs psycopg"
     import ray
 
     assert f"RAY_VERSION={ray.__version__}" in text, "the image's Ray differs from the project's environment"
-    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
-        for part in src.split():
-            assert (ROOT / part).exists(), f"Dockerfile copies {part}, which does not exist"
     ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text()
     assert ignore.splitlines()[2] == "**", "the build context must exclude everything by default (.venv is 5 GB)"
 
@@ -466,7 +481,9 @@ def test_compose_spec_schema(tmp_path):
         pytest.skip("check-jsonschema not installed (pip install check-jsonschema)")
     merged = tmp_path / "multihost-merged.yml"
     merged.write_text(yaml.safe_dump(merge(load(COMPOSE), load(MULTIHOST))))
-    for path in (COMPOSE, merged):
+    merged_offline = tmp_path / "offline-merged.yml"
+    merged_offline.write_text(yaml.safe_dump(merge(load(COMPOSE), load(OFFLINE))))
+    for path in (COMPOSE, merged, OFFLINE, merged_offline):
         out = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(path)],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -491,3 +508,119 @@ def test_docker_compose_config(tmp_path):
     missing = subprocess.run([tool, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"], cwd=ROOT,
                              capture_output=True, text=True, env=clean, timeout=60)
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+# ------------------------------------------------------------------ builds without Docker Hub, either builder
+
+
+BUILDKIT_ONLY = re.compile(r"^# *syntax=|^(COPY|ADD)\b.*--(chmod|link|checksum|parents|exclude)\b|^RUN\b.*--(mount|network|security)=|<<-?['\"]?[A-Z]",
+                           re.M | re.I)
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, PG_DOCKERFILE], ids=["harness", "postgres"])
+def test_dockerfiles_build_with_the_legacy_builder(path):
+    """No `# syntax=` frontend (pulled from Docker Hub) and no BuildKit-only instruction flags or
+    heredocs: DOCKER_BUILDKIT=0 must build these files too; the base is a build argument."""
+    text = path.read_text()
+    assert not BUILDKIT_ONLY.search(text), f"{path.name}: BuildKit-only syntax: {BUILDKIT_ONLY.search(text).group(0)}"
+    assert re.search(r"^ARG BASE_IMAGE=", text, re.M) and re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
+    assert BUILDKIT_ONLY.search("COPY --chmod=755 a b") and BUILDKIT_ONLY.search("# syntax=docker/dockerfile:1.7")
+
+
+def test_build_contexts_hold_what_the_dockerfiles_copy():
+    """The legacy builder reads only the root .dockerignore, BuildKit <Dockerfile>.dockerignore: the
+    same text, excluding everything but what the Dockerfiles COPY."""
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text()
+    assert (ROOT / ".dockerignore").read_text() == ignore
+    assert (ROOT / "docker" / "postgres.Dockerfile.dockerignore").read_text() == ignore
+    allowed = [line[1:].removesuffix("/**") for line in ignore.splitlines() if line.startswith("!")]
+    for path in (DOCKERFILE, PG_DOCKERFILE):
+        for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", path.read_text(), re.M):
+            for part in src.split():
+                assert (ROOT / part).exists(), f"{path.name} copies {part}, which does not exist"
+                assert any(part.rstrip("/") == a or part.startswith(a + "/") for a in allowed), (
+                    f"{path.name} copies {part}, which .dockerignore keeps out of the context")
+    for folder in ("wheelhouse", "certs"):
+        assert (ROOT / "docker" / folder / "README.md").is_file()
+        if shutil.which("git") and (ROOT / ".git").exists():
+            probe = f"docker/{folder}/x.whl" if folder == "wheelhouse" else f"docker/{folder}/x.crt"
+            assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT).returncode == 0
+
+
+def test_compose_passes_the_build_arguments():
+    """The base and torch are build arguments of every harness service, torch's default being
+    pyproject's pins; the offline override sets only the base."""
+    deps = pyproject()["project"]["dependencies"]
+    pins = " ".join(next(d for d in deps if re.match(rf"{p}\s*==", d)).replace(" ", "") for p in ("torch", "torchvision"))
+    text = DOCKERFILE.read_text()
+    assert f'ARG TORCH_REQUIREMENTS="{pins}"' in text
+    for name, service in interpolate(load(COMPOSE), FAKE_ENV)["services"].items():
+        if name in HARNESS_IMAGE_SERVICES:
+            args = service["build"]["args"]
+            assert args["TORCH_REQUIREMENTS"] == pins and args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+            assert set(args) <= set(re.findall(r"^ARG (\w+)", text, re.M))
+
+
+def test_offline_override(offline, compose):
+    """docker/compose.offline.yml: every image built from the local base, PostgreSQL from
+    docker/postgres.Dockerfile with the official image's variables and data path (its own volume),
+    everything else the base file's."""
+    services = offline["services"]
+    assert set(services) == set(compose["services"])
+    for name in HARNESS_IMAGE_SERVICES:
+        build = services[name]["build"]
+        assert build["args"]["BASE_IMAGE"] == "local/bookworm:min"
+        assert (build["context"], build["dockerfile"]) == (".", "docker/Dockerfile")
+        assert services[name]["command"] == compose["services"][name]["command"]
+    pg = services["postgres"]
+    assert pg["image"].startswith("gzsl-postgres:")
+    assert (pg["build"]["context"], pg["build"]["dockerfile"]) == (".", "docker/postgres.Dockerfile")
+    assert pg["build"]["args"]["BASE_IMAGE"] == "local/bookworm:min"
+    assert pg["environment"] == compose["services"]["postgres"]["environment"]
+    assert _mounts(pg)["/var/lib/postgresql/data"] == ("pgdata-debian", False)
+    assert "pgdata-debian" in offline["volumes"]
+    check_command(_command(pg), pg["image"])
+    check_command(pg["healthcheck"]["test"][1:], pg["image"])
+    entry = PG_ENTRYPOINT.read_text()
+    for var in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"):
+        assert var in entry, f"postgres-entrypoint.sh ignores {var}"
+    assert "/var/lib/postgresql/data" in entry and "/var/lib/postgresql/data" in PG_DOCKERFILE.read_text()
+    assert subprocess.run(["bash", "-n", str(PG_ENTRYPOINT)]).returncode == 0
+    assert find_secrets(load(OFFLINE)) == []
+
+
+def test_offline_override_with_docker_compose():
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose not installed (apt-get install --no-install-recommends docker-compose)")
+    clean = {k: v for k, v in os.environ.items() if k not in FAKE_ENV}
+    out = subprocess.run([tool, "-f", str(COMPOSE), "-f", str(OFFLINE), "config"], cwd=ROOT, capture_output=True,
+                         text=True, env={**clean, **FAKE_ENV}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    merged = yaml.safe_load(out.stdout)
+    pg_volumes = merged["services"]["postgres"]["volumes"]
+    assert len(pg_volumes) == 1 and "pgdata-debian" in str(pg_volumes), "v1 did not replace the data volume"
+    assert merged["services"]["ray-head"]["build"]["args"]["TORCH_REQUIREMENTS"].startswith("torch==")
+
+
+def test_flatten_for_compose_v1(tmp_path):
+    """docker/compose_flatten.py: the multi-host override without `!reset`'s ports on Compose v1,
+    and the smoke run's file without the GPU reservation."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose not installed (apt-get install --no-install-recommends docker-compose)")
+    env = {**{k: v for k, v in os.environ.items() if k not in FAKE_ENV}, **FAKE_ENV,
+           "PATH": f"{Path(tool).parent}:{os.environ['PATH']}"}
+    out = tmp_path / "multihost.yml"
+    run = subprocess.run([sys.executable, str(FLATTEN), "-f", str(COMPOSE), "-f", str(MULTIHOST),
+                          "--drop", "services.ray-worker.deploy", "-o", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert (out.stat().st_mode & 0o777) == 0o600, "the flattened file holds .env's secrets"
+    flat = yaml.safe_load(out.read_text())
+    for name in RAY_SERVICES:
+        assert flat["services"][name]["network_mode"] == "host"
+        assert not flat["services"][name].get("ports"), f"{name}: ports with host networking (v1 refuses)"
+    assert "deploy" not in flat["services"]["ray-worker"]
+    check = subprocess.run([tool, "-f", str(out), "config", "-q"], capture_output=True, text=True, env=env, timeout=60)
+    assert check.returncode == 0, check.stderr
