@@ -163,7 +163,8 @@ def _published(port_entry) -> tuple[str, str, str]:
     if isinstance(port_entry, dict):
         return (str(port_entry.get("host_ip", "")), str(port_entry.get("published", "")),
                 str(port_entry.get("target", "")))
-    text = str(port_entry).split("/")[0]
+    # "${MLFLOW_PORT:-5000}" is the published port 5000 unless .env says otherwise
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(port_entry)).split("/")[0]
     if text.startswith("["):  # [::1]:5000:5000
         host, _, rest = text[1:].partition("]:")
         published, _, target = rest.partition(":")
