@@ -244,6 +244,43 @@ def _log_trials(search: ModelSearch, records: list[TrialRecord]) -> None:
         tracking.log_artifact(search.parent, path, "tables" if path.suffix in (".csv", ".md") else "plots")
 
 
+def _teach(search: ModelSearch, records: list[TrialRecord]) -> dict[str, Any]:
+    """What the search teaches: importance of each parameter for validation H (at the report every
+    trial reached), a parallel-coordinates plot and the acc_s/acc_u Pareto plot; logged to the parent."""
+    from harness import plots
+    from harness.search.insight import common_pass, importance, label, pareto_front
+
+    usable = [r for r in records if r.status in ("completed", "stopped early")]
+    at = common_pass([r.history for r in usable])
+    points = [(r.params, r.history[at]) for r in usable] if at is not None else []
+    result = importance(points, search.space.distributions(), at_pass=at, seed=search.settings.seed)
+    if result.get("status") == "ok":
+        tracking.log_metrics(search.parent, {f"importance/{label(k)}": v["mean"] for k, v in result["params"].items()})
+    folder, paths = search.results_dir, []
+    numeric = [n for n, spec in search.space.params.items()
+               if spec["type"] != "categorical" or all(isinstance(c, int | float) for c in spec["choices"])]
+    if usable and numeric:
+        paths.append(plots.parallel_coordinates(
+            {label(n): [float(r.params.get(n, math.nan)) for r in usable] for n in numeric},
+            [label(n) for n in numeric if search.space.params[n]["type"] == "loguniform"],
+            [r.val_H for r in usable], folder / "parallel_coordinates.png",
+            dashed=[r.status == "stopped early" for r in usable],
+            title=f"{search.model} trials by last validation H (dashed: stopped early by ASHA)"))
+        seen = [r.metrics.get("val_acc_seen", math.nan) for r in usable]
+        unseen = [r.metrics.get("val_acc_unseen", math.nan) for r in usable]
+        full = [i for i, r in enumerate(usable) if r.status == "completed"]
+        front = [full[i] for i in pareto_front([seen[i] for i in full], [unseen[i] for i in full])]
+        chosen = max(full, key=lambda i: usable[i].val_H, default=None)
+        paths.append(plots.seen_unseen_pareto(
+            seen, unseen, front, folder / "val_acc_seen_vs_unseen.png",
+            stopped=[r.status == "stopped early" for r in usable], highlight=[r.paper for r in usable], best=chosen,
+            title=f"{search.model}: validation acc_s vs acc_u (front of full-length trials)"))
+    for path in paths:
+        tracking.log_artifact(search.parent, path, "plots")
+    tracking.log_json(search.parent, result, "importance.json", "tables")
+    return result
+
+
 def _choose_best(search: ModelSearch, records: list[TrialRecord]) -> tuple[TrialRecord, TrialRecord | None]:
     """(best trial, the paper configuration's trial); SearchFailed when no trial completed."""
     from harness.search.tune import best_trial
@@ -259,8 +296,7 @@ def _choose_best(search: ModelSearch, records: list[TrialRecord]) -> tuple[Trial
                                          "paper_config_val_H": paper.val_H if paper else math.nan})
     best_name = search.run_names.get(best.trial_id, best.trial_id)
     # Once, when the search is done (params are write-once; a resumed search logs the same values).
-    tracking.log_params(search.parent, {"best.trial": best_name,
-                                        **{f"best.{param_name(k)}": v for k, v in best.params.items()}})
+    tracking.log_params(search.parent, {f"best.{param_name(k)}": v for k, v in best.params.items()})
     tracking.set_tags(search.parent, {"best_trial": best.trial_id, "best_run": best_name})
     search.entry.update(stage="final", best_trial=best.trial_id)
     search.state.save()
@@ -292,7 +328,8 @@ def _finals(search: ModelSearch, best: TrialRecord) -> tuple[list[dict[str, Any]
 
 
 def _finish(search: ModelSearch, records: list[TrialRecord], best: TrialRecord, paper: TrialRecord | None,
-            finals: tuple[list[dict[str, Any]], dict[str, Any]], started: float) -> dict[str, Any]:
+            finals: tuple[list[dict[str, Any]], dict[str, Any]], started: float,
+            taught: dict[str, Any]) -> dict[str, Any]:
     """The model's summary: logged, written as summary.md, stored in search.json; the parent run ends."""
     final_results, test = finals
     counts: dict[str, int] = {}
@@ -302,7 +339,7 @@ def _finish(search: ModelSearch, records: list[TrialRecord], best: TrialRecord, 
         "dataset": search.settings.dataset, "model": search.model, "best_config": best.params,
         "best_trial": best.trial_id, "best_run": search.run_names.get(best.trial_id, ""), "best_val_H": best.val_H, "paper_config": dict(search.space.defaults),
         "paper_config_val_H": paper.val_H if paper else None,
-        "test": test, "final_runs": final_results, "trial_counts": counts,
+        "test": test, "final_runs": final_results, "trial_counts": counts, "importance": taught,
         "search_seconds": search.entry["search_seconds"], "seconds": time.perf_counter() - started,
         "parent_run_id": search.parent.run_id, "experiment_id": search.state.experiment_id,
         "results_dir": str(search.results_dir),
@@ -329,5 +366,6 @@ def search_model(model: str, space: ResolvedSpace, state: SearchState, settings:
         records = collect(_tune(search, resume), search.plan)
         entry["search_seconds"] = time.perf_counter() - started + float(entry.get("search_seconds", 0.0))
         _log_trials(search, records)
+        taught = _teach(search, records)
         best, paper = _choose_best(search, records)
-        return _finish(search, records, best, paper, _finals(search, best), started)
+        return _finish(search, records, best, paper, _finals(search, best), started, taught)

@@ -105,5 +105,9 @@ def summary_text(s: dict[str, Any]) -> str:
         lines.append(f"  test, retrained on trainval ({n} seed{'s' if n != 1 else ''}), mean +- std:")
         lines.append("    " + "  ".join(f"{SHORT[k]:>16s}" for k in test))
         lines.append("    " + "  ".join(f"{test[k]['mean']:.4f} +- {test[k]['std']:.4f}".rjust(16) for k in test))
+    if s.get("importance"):
+        from harness.search.insight import importance_line
+
+        lines.append(f"  {importance_line(s['importance'])}")
     lines.append(f"  MLflow parent run    {s['parent_run_id']}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,7 @@ class TrialRecord:
     metrics: dict[str, float]
     error: str = ""
     paper: bool = False
+    history: dict[int, float] = field(default_factory=dict)  # pass -> val_H of each report Tune received
 
     @property
     def val_H(self) -> float:
@@ -308,13 +309,21 @@ def collect(results, plan: TunePlan) -> list[TrialRecord]:
         numeric = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool) and k.startswith(("val_", "loss"))}
         rows.append(TrialRecord(trial_id, params, status, iterations, numeric, error,
-                                same_point(params, plan.space.defaults)))
+                                same_point(params, plan.space.defaults), _reported_H(result)))
     longest = max((r.iterations for r in rows if r.status == "completed"), default=0)
     return [
-        TrialRecord(r.trial_id, r.params, "stopped early", r.iterations, r.metrics, r.error, r.paper)
-        if r.status == "completed" and r.iterations < longest else r
+        replace(r, status="stopped early") if r.status == "completed" and r.iterations < longest else r
         for r in rows
     ]
+
+
+def _reported_H(result) -> dict[int, float]:
+    """pass -> validation H of every report the trial made to Tune (its rungs and its last)."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or METRIC not in frame or PASS not in frame:
+        return {}
+    return {int(p): float(h) for p, h in zip(frame[PASS], frame[METRIC], strict=True)
+            if p == p and isinstance(h, int | float) and math.isfinite(h)}
 
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
