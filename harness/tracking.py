@@ -261,10 +261,21 @@ def end_run(ref: RunRef, status: str = "FINISHED") -> None:
     ref.client.set_terminated(ref.run_id, status=status)
 
 
-def ui_command(uri: str) -> str:
+# MLflow 3.17's UI takes its mode from the page (?workflowType=, then the browser's last choice),
+# defaulting to GenAI, not from the experiment's kind tag: links we print ask for model training.
+UI_MODE = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The UI page of an experiment's runs table, in model-training mode."""
+    page = f"#/experiments/{experiment_id}" if experiment_id else "#/experiments"
+    return f"{base.rstrip('/')}/{page}?{UI_MODE}"
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {ui_url(uri, experiment_id)}"
+    return f"mlflow ui --backend-store-uri {uri}, then open {ui_url('http://127.0.0.1:5000', experiment_id)}"
 
 
 # ---------------------------------------------------------------- finding and repairing runs

@@ -58,7 +58,7 @@ def test_run_names_say_what_each_run_is(search):
     exp = client.get_experiment_by_name("search/synthetic-tiny")
     runs = _runs(client, exp.experiment_id)
     parents = {r.info.run_name: r for r in runs if r.data.tags.get("kind") == "search"}
-    assert set(parents) == {f"{m} on synthetic-tiny, smoke test" for m in ("dazle", "eszsl", "devise")}
+    assert set(parents) == {f"{m} synthetic-tiny smoke-test" for m in ("dazle", "eszsl", "devise")}
     for parent in parents.values():
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         trials = sorted(r.info.run_name for r in children if r.data.tags.get("kind") == "trial")

@@ -232,7 +232,7 @@ def _summary(tracker: GridTracker, uri: str, seconds: float, outcomes: dict[obje
 
 
 def _where(tracker: GridTracker, uri: str, written: list[Path]) -> str:
-    lines = [f"MLflow: parent run {tracker.parent.run_id} in {uri}; to browse: {tracking.ui_command(uri)}"]
+    lines = [f"MLflow: parent run {tracker.parent.run_id} in {uri}; to browse: {tracking.ui_command(uri, tracker.exp_id)}"]
     if written:
         lines.append("written: " + ", ".join(str(p) for p in written))
     return "\n".join(lines) + "\n"

@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         print(summary_text(summary))
     print(f"search folder: {state.folder}   (resume: python -m {PROG} --dataset {settings.dataset} "
           f"--storage {state.folder} --resume)")
-    print(f"MLflow: {tracking.ui_command(state.tracking_uri)}   (experiment {state.experiment!r})")
+    print(f"MLflow: {tracking.ui_command(state.tracking_uri, state.experiment_id)}   (experiment {state.experiment!r})")
     print(f"total {seconds:.1f} s")
     if args.json:
         if len(summaries) == 1:

@@ -99,9 +99,9 @@ class EndRunsOnFailure:
 
 
 def parent_run_name(model: str, settings: SearchSettings) -> str:
-    """`dazle on synthetic, 12-01 19:52`, or `... smoke test`: a search says what it was and when."""
-    when = "smoke test" if settings.smoke_test else time.strftime("%m-%d %H:%M")
-    return f"{model} on {settings.dataset}, {when}"
+    """`dazle synthetic 19:52` (the runs table shows the date), or `dazle synthetic smoke-test`: short
+    enough for the UI's name column, it says what the search was and tells a smoke test apart."""
+    return f"{model} {settings.dataset} {'smoke-test' if settings.smoke_test else time.strftime('%H:%M')}"
 
 
 def _parent_description(model: str, settings: SearchSettings, plan_info: dict[str, Any]) -> str:
