@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -165,7 +166,7 @@ def run_finals(jobs: list[FinalJob], cpus: float, gpus: float, progress: bool = 
             i = pending.pop(done[0])
             results[i] = ray.get(done[0])
             if bar is not None:
-                bar.write(final_line(results[i], len(jobs) - len(pending), len(jobs)))
+                bar.write(final_line(results[i], len(jobs) - len(pending), len(jobs)), file=sys.stderr)
                 bar.update(1)
     finally:
         if bar is not None:
@@ -174,8 +175,6 @@ def run_finals(jobs: list[FinalJob], cpus: float, gpus: float, progress: bool = 
 
 
 def _final_bar(total: int, job: FinalJob | None):
-    import sys
-
     from tqdm import tqdm
 
     model = (job.config.get("model") if job else "") or ""
