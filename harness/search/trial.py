@@ -226,7 +226,7 @@ def replay_finished(run, done_iterations: int, tracking_uri: str) -> None:
     for index, step in enumerate(steps[done_iterations:], start=done_iterations + 1):
         tune.report({**{k: h[step] for k, h in histories.items() if step in h}, PASS: index, "diverged": 0.0})
     if run.data.tags.get("failure_reason") == "diverged":
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0, PASS: len(steps) + 1,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "val_ausuc": 0.0, "diverged": 1.0, PASS: len(steps) + 1,
                      "diverged_step": float(run.data.tags.get("diverged_step", 0)),
                      "error": run.data.tags.get("error", "diverged")})
 
@@ -327,7 +327,7 @@ def _fit_and_report(config: TrainConfig, dataset: GZSLDataset, forbidden: np.nda
         tracking.set_tags(ref, {"failure_reason": "diverged", "error": str(err), "diverged_epoch": err.epoch,
                                 "diverged_step": err.step})
         tracking.end_run(ref, "FAILED")
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "val_ausuc": 0.0, "diverged": 1.0,
                      PASS: reporter.iteration + 1, "diverged_step": float(err.step), "error": str(err)})
         return None
     except SystemExit:
