@@ -22,7 +22,8 @@ search (best full-length validation H within the budget) is retrained on trainva
 Prints a Markdown table (median and interquartile range over the seeds of the best validation H
 at 25/50/100% of the budget, the epochs TPE+ASHA needed to reach random search's median final best,
 the test H of the chosen configurations) and writes the table, a JSON of every curve and a plot to
-`--out`. Not in CI: 2 datasets x 6 methods x 5 seeds took tens of minutes on a 2-core machine.
+`--out`. Not in CI: `--datasets synthetic --seeds 5 --epochs 8 --budget-trials 12` (6 arms, 30
+searches) took 26.4 min on the shared 2-core machine (docs/search.md has its table).
 
     python bench/search_quality.py --datasets synthetic --seeds 5 --epochs 10 --budget-trials 20
     python -m harness.search --dataset synthetic --searcher random --scheduler none   # one of the arms
