@@ -21,6 +21,10 @@ VARIANTS: dict[str, dict[str, bool]] = {
 }
 
 
+# The parameters every MLflow run logs, whatever its model (TrainConfig.run_params).
+COMMON_PARAMS = ("dataset", "model", "stage", "seed", "epochs", "batch_size")
+
+
 class ConfigError(InputError, ValueError):
     """A configuration value is out of range; the message names the option."""
 
@@ -96,6 +100,28 @@ class TrainConfig:
                 continue
             key = "lambda" if k == "lam" else k
             out[key] = "default" if v is None else v
+        return out
+
+    def run_params(self, used: tuple[str, ...], epochs: int | None = None) -> dict[str, object]:
+        """What a run shows in MLflow: the common parameters and those its model uses (`used`).
+
+        `epochs` is the number the run trains for (None keeps the field); `lam` is spelled
+        `lambda`; a parameter a model ignores is left out, so a filter on it matches only the runs
+        it means something to. Calibrated stacking is named only when it is on.
+        """
+        values = asdict(self)
+        if epochs is not None:
+            values["epochs"] = epochs
+        keys = [*COMMON_PARAMS, *used]
+        if self.calibrated_stacking:
+            keys.append("calibrated_stacking")
+        if self.reports_per_epoch != 1:
+            keys.append("reports_per_epoch")
+        out: dict[str, object] = {}
+        for key in dict.fromkeys(keys):
+            value = values[key]
+            out["lambda" if key == "lam" else key] = ("all" if key == "num_attributes" else "default") \
+                if value is None else value
         return out
 
     @classmethod

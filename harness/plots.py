@@ -188,3 +188,82 @@ def plot_over_training(series: Sequence[Series], path: str | Path, title: str, s
     ax.set_ylabel("test H (%)")
     ax.set_title(title, fontsize=8)
     return _save(fig, path, dpi=120)
+
+
+def parallel_coordinates(columns: Mapping[str, Sequence[float]], log_axes: Sequence[str], color: Sequence[float],
+                         path: str | Path, dashed: Sequence[bool] | None = None, color_name: str = "validation H",
+                         title: str = "") -> Path:
+    """One line per trial across the searched parameters (one axis each, scaled to its range, log where
+    searched on a log scale), coloured by `color`; `dashed` marks trials stopped early."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    names = list(columns)
+    raw = np.asarray([np.asarray(columns[n], dtype=float) for n in names])  # [P, T]
+    scaled = np.empty_like(raw)
+    ranges = []
+    for i, name in enumerate(names):
+        v = np.log10(raw[i]) if name in log_axes else raw[i]
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        scaled[i] = (v - lo) / (hi - lo) if hi > lo else 0.5
+        ranges.append((raw[i][np.nanargmin(v)], raw[i][np.nanargmax(v)]))
+    c = np.asarray(color, dtype=float)
+    norm = Normalize(np.nanmin(c) if np.isfinite(c).any() else 0, np.nanmax(c) if np.isfinite(c).any() else 1)
+    cmap = colormaps["viridis"]
+    st = np.asarray(dashed if dashed is not None else [False] * raw.shape[1], dtype=bool)
+    fig = Figure(figsize=(1.6 * len(names) + 2.2, 3.8))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for t in np.argsort(np.nan_to_num(c, nan=-np.inf)):  # best drawn last, on top
+        ok = np.isfinite(c[t])
+        ax.plot(x, scaled[:, t], color=cmap(norm(c[t])) if ok else "lightgrey", linewidth=1.0 if st[t] else 1.8,
+                linestyle="--" if st[t] else "-", alpha=0.6 if st[t] else 0.9)
+    for i, (lo, hi) in enumerate(ranges):
+        ax.axvline(i, color="black", linewidth=0.6)
+        ax.annotate(f"{lo:.3g}", (i, 0), xytext=(3, -12), textcoords="offset points", fontsize=7)
+        ax.annotate(f"{hi:.3g}", (i, 1), xytext=(3, 4), textcoords="offset points", fontsize=7)
+    ax.set_xticks(x, [f"{n}\n(log)" if n in log_axes else n for n in names])
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_xlim(-0.2, len(names) - 0.6)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=color_name)
+    ax.set_title(title or f"trials by {color_name} (dashed: stopped early)", fontsize=9)
+    return _save(fig, path)
+
+
+def seen_unseen_pareto(acc_seen: Sequence[float], acc_unseen: Sequence[float], front: Sequence[int], path: str | Path,
+                       stopped: Sequence[bool] | None = None, highlight: Sequence[bool] | None = None,
+                       best: int | None = None, title: str = "") -> Path:
+    """Validation acc_s against acc_u of every trial, the Pareto front joined, H contours behind."""
+    s, u = np.asarray(acc_seen, dtype=float), np.asarray(acc_unseen, dtype=float)
+    st = np.asarray(stopped if stopped is not None else [False] * len(s), dtype=bool)
+    hi = np.asarray(highlight if highlight is not None else [False] * len(s), dtype=bool)
+    fig = Figure(figsize=(4.8, 4.0))
+    ax = fig.subplots()
+    grid = np.linspace(0.001, 1, 200)
+    gs, gu = np.meshgrid(grid, grid)
+    contours = ax.contour(gs, gu, 2 * gs * gu / (gs + gu), levels=[0.2, 0.4, 0.6, 0.8], colors="lightgrey",
+                          linewidths=0.8)
+    ax.clabel(contours, fmt="H=%.1f", fontsize=6)
+    ax.scatter(s[~st], u[~st], s=22, label="full-length trials")
+    if st.any():
+        ax.scatter(s[st], u[st], s=22, marker="v", alpha=0.6, label="stopped early (at its last rung)")
+    if front:
+        f = list(front)
+        ax.plot(s[f], u[f], color="black", linewidth=1, marker="o", markerfacecolor="none", markersize=9,
+                label="Pareto front")
+    if hi.any():
+        ax.scatter(s[hi], u[hi], s=90, marker="*", color="red", label="paper configuration")
+    if best is not None:
+        ax.scatter([s[best]], [u[best]], s=140, facecolors="none", edgecolors="orange", linewidths=2,
+                   label="chosen (best H)")
+    ax.set_xlabel("validation acc_s (seen)")
+    ax.set_ylabel("validation acc_u (unseen)")
+    top = max(1e-3, np.nanmax(np.concatenate([s, u])) if len(s) else 1.0)
+    ax.set_xlim(0, min(1.0, top * 1.1 + 0.02))
+    ax.set_ylim(0, min(1.0, top * 1.1 + 0.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title or "validation acc_s vs acc_u of the trials", fontsize=9)
+    return _save(fig, path)

@@ -22,6 +22,32 @@ from pathlib import Path
 from harness.errors import InputError
 
 DEFAULT_EXPERIMENT = "gzsl-harness"
+# MLflow 3.x's UI opens an experiment without this tag in GenAI mode (traces, judges, "evaluation
+# runs"); the value is the one the UI itself sets for "Model training".
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the UI
+
+
+def search_experiment(dataset: str) -> str:
+    """The default experiment of a search: one per purpose and dataset, so its columns are its own."""
+    return f"search/{dataset}"
+
+
+def reproduce_experiment(target: str) -> str:
+    """The default experiment of a reproduction (a table or fig4)."""
+    return f"reproduce/{target}"
+
+
+def format_param(value: object) -> str:
+    """A parameter as the runs table shows it: floats to 4 significant digits (1.327e-05), others as is.
+
+    The exact values are in each run's resolved configuration (an artifact or the search folder),
+    which is what programs read; params are for people and filters.
+    """
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -99,18 +125,25 @@ def reachable(uri: str, timeout_s: float = 5.0) -> bool:
 
 
 def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    """Create the experiment once (from the driver) so workers never race on creating it."""
+    """Create the experiment once (from the driver) so workers never race on creating it.
+
+    The experiment is tagged as model training (EXPERIMENT_KIND), also when it already existed
+    untagged, so MLflow's UI opens it on its runs table rather than in GenAI mode.
+    """
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=_artifact_location(uri),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return exp_id
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 @dataclass(frozen=True)
@@ -133,9 +166,12 @@ def start_run(
     params: Mapping[str, object] | None = None,
     tags: Mapping[str, str] | None = None,
     parent: RunRef | None = None,
+    description: str | None = None,
 ) -> RunRef:
     client = _client(uri)
     all_tags = {"git_commit": git_commit(), "node": socket.gethostname(), **(tags or {})}
+    if description:
+        all_tags[DESCRIPTION_TAG] = description
     if parent is not None:
         all_tags["mlflow.parentRunId"] = parent.run_id
     run = client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
@@ -148,7 +184,7 @@ def start_run(
 def log_params(ref: RunRef, params: Mapping[str, object]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, format_param(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
         ref.client.log_batch(ref.run_id, params=items[start : start + 100])
 
@@ -200,6 +236,10 @@ class MetricBuffer:
         self._last_flush = time.monotonic()
 
 
+def set_description(ref: RunRef, text: str) -> None:
+    ref.client.set_tag(ref.run_id, DESCRIPTION_TAG, text)
+
+
 def set_tags(ref: RunRef, tags: Mapping[str, object]) -> None:
     for k, v in tags.items():
         ref.client.set_tag(ref.run_id, k, str(v))
@@ -221,10 +261,21 @@ def end_run(ref: RunRef, status: str = "FINISHED") -> None:
     ref.client.set_terminated(ref.run_id, status=status)
 
 
-def ui_command(uri: str) -> str:
+# MLflow 3.17's UI takes its mode from the page (?workflowType=, then the browser's last choice),
+# defaulting to GenAI, not from the experiment's kind tag: links we print ask for model training.
+UI_MODE = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The UI page of an experiment's runs table, in model-training mode."""
+    page = f"#/experiments/{experiment_id}" if experiment_id else "#/experiments"
+    return f"{base.rstrip('/')}/{page}?{UI_MODE}"
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {ui_url(uri, experiment_id)}"
+    return f"mlflow ui --backend-store-uri {uri}, then open {ui_url('http://127.0.0.1:5000', experiment_id)}"
 
 
 # ---------------------------------------------------------------- finding and repairing runs

@@ -71,11 +71,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from harness.data.registry import load_or_explain
     from harness.trainer import DivergenceError, fit
 
     config = config_from_args(args)
+    dataset = load_or_explain(config.dataset, data_root=config.data_root, cache_dir=config.cache_dir,
+                              word_vectors=config.word_vectors, data_seed=config.data_seed)
     try:
-        result = fit(config, progress=True)
+        result = fit(config, dataset, progress=True)
     except DivergenceError as err:
         print(f"harness.train: error: training diverged: {err} (--lr {config.lr:g}); "
               "expected a finite loss: lower --lr", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 
 # Importing the dataset modules registers them.
 from harness.data import real_datasets, synthetic_registry  # noqa: F401
@@ -18,8 +19,9 @@ from harness.data.base import GZSLDataset
 from harness.data.catalog import ENTRIES, DatasetEntry, register_dataset
 from harness.errors import InputError
 
-__all__ = ["DatasetEntry", "UnknownDatasetError", "describe", "list_datasets", "load_dataset",
-           "missing_data_message", "needs_files", "prepare_command", "register_dataset", "stand_in"]
+__all__ = ["DatasetEntry", "UnknownDatasetError", "describe", "list_datasets", "load_dataset", "load_or_explain",
+           "missing_data_message", "missing_inputs", "needs_files", "prepare_command", "register_dataset",
+           "stand_in"]
 
 
 class UnknownDatasetError(InputError, KeyError):
@@ -122,3 +124,34 @@ def load_dataset(name: str, **options) -> GZSLDataset:
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = fn(**options)
     return _LOADED[key]
+
+
+def missing_inputs(name: str, data_root: str | None = None, word_vectors: str | None = None) -> list[str]:
+    """What real dataset `name` lacks before anything is read: every missing input, not only the first."""
+    if prepare_command(name) is None:
+        return []
+    out = []
+    if not data_root:
+        out.append("--data-root not given, expected the folder of its files")
+    elif not Path(data_root).expanduser().is_dir():
+        out.append(f"--data-root {data_root}: no such folder, expected the folder of its files")
+    if not word_vectors:
+        out.append("--word-vectors not given, expected a file of attribute word vectors")
+    elif not Path(word_vectors).expanduser().exists():
+        out.append(f"--word-vectors {word_vectors}: no such file, expected a file of attribute word vectors")
+    return out
+
+
+def load_or_explain(name: str, **options) -> GZSLDataset:
+    """load_dataset for a CLI: a real dataset without its files is one InputError line that names every
+    missing input, the command that builds its cache and its synthetic stand-in (missing_data_message)."""
+    _entry(name)  # an unknown name: the registry's own error, listing the known ones
+    missing = missing_inputs(name, options.get("data_root"), options.get("word_vectors"))
+    if missing:
+        raise InputError(missing_data_message([name], "; ".join(missing)))
+    try:
+        return load_dataset(name, **options)
+    except (InputError, OSError) as err:
+        if prepare_command(name) is None:
+            raise
+        raise InputError(missing_data_message([name], _one_line(err))) from err

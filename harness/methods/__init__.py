@@ -100,3 +100,20 @@ def build_method(name: str, spec: MethodSpec, config: TrainConfig, device: torch
     if name not in _BUILDERS:
         raise InputError(f"--model: unknown model {name!r}; expected one of {', '.join(list_methods())}")
     return _BUILDERS[name](spec, config, device)
+
+
+def fixed_epochs(name: str) -> int | None:
+    """The epochs a method always trains for whatever --epochs says (ESZSL's closed form: 1), else None."""
+    _ensure_registered()
+    module = importlib.import_module(f"{__name__}.{name}")
+    for value in vars(module).values():
+        if isinstance(value, type) and value.__module__ == module.__name__ and getattr(value, "default_epochs", None):
+            return int(value.default_epochs)
+    return None
+
+
+def run_params(config: TrainConfig, dataset_epochs: int, searched: tuple[str, ...] = ()) -> dict[str, object]:
+    """The MLflow parameters of a run of `config`: common ones, the model's own, the searched ones,
+    with `epochs` resolved to what it trains (the method's fixed count, --epochs, or the dataset's)."""
+    epochs = fixed_epochs(config.model) or config.epochs or dataset_epochs
+    return config.run_params((*method_hyperparameters(config.model), *searched), epochs=epochs)

@@ -63,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cpus-per-trial", type=float, default=1.0)
         sp.add_argument("--gpus-per-trial", type=float, default=0.0, help="> 0 trains on CUDA (fractions allowed)")
         sp.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
-        sp.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT)
+        sp.add_argument("--experiment", default=tracking.reproduce_experiment(name),
+                        help=f"MLflow experiment (default {tracking.reproduce_experiment(name)})")
         sp.add_argument("--out", default=None, help="also write the table / plots into this folder")
         sp.add_argument("--data-root", default=None)
         sp.add_argument("--cache-dir", default=None, help="feature caches (default $HARNESS_CACHE or ./cache)")
@@ -215,7 +216,8 @@ def _row_metrics(records: list[dict], metrics: tuple[str, ...]) -> dict[str, flo
         for m in metrics:
             value = rec.get(f"{m}_ours_mean")
             if value is not None:
-                out[f"{rec['row']}.{m}"] = float(value)
+                # metric/row: the UI charts each metric's rows together (H/row1 ... H/row7)
+                out[f"{m}/{'row' + rec['row'] if str(rec['row']).isdigit() else rec['row']}"] = float(value)
     return out
 
 
@@ -239,7 +241,7 @@ def _summary(tracker: GridTracker, uri: str, seconds: float, outcomes: dict[obje
 
 
 def _where(tracker: GridTracker, uri: str, written: list[Path]) -> str:
-    lines = [f"MLflow: parent run {tracker.parent.run_id} in {uri}; to browse: {tracking.ui_command(uri)}"]
+    lines = [f"MLflow: parent run {tracker.parent.run_id} in {uri}; to browse: {tracking.ui_command(uri, tracker.exp_id)}"]
     if written:
         lines.append("written: " + ", ".join(str(p) for p in written))
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ from harness.data.registry import list_datasets
 from harness.errors import InputError, run_cli
 from harness.search.driver import SearchFailed, load_driver_dataset, resolve_models, search_model
 from harness.search.report import summary_text
-from harness.search.settings import PROG, SearchSettings, settings_from_args
+from harness.search.settings import PROG, SCHEDULERS, SEARCHERS, SearchSettings, settings_from_args
 from harness.search.space import resolve_space
 from harness.search.state import SearchState, check_new_storage, default_storage, latest_storage
 
@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="fractions allowed, e.g. 0.25")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local instance)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default search/<dataset>)")
     p.add_argument("--storage", default=None, help="search folder (default ./searches/<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --storage (default: the latest)")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds TPE, the trials' models and the first final seed")
@@ -55,6 +55,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports-per-epoch", type=int, default=d.reports_per_epoch,
                    help="validation passes per epoch (ASHA rungs) for long epochs such as DeepFashion's")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failing trial")
+    p.add_argument("--searcher", choices=SEARCHERS, default=d.searcher,
+                   help="tpe: Optuna's TPE (default); random: random search (both start from the paper's configuration)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                   help="asha: stop weak trials early (default); none: every trial runs all its epochs")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None, help="feature caches (default $HARNESS_CACHE or ./cache)")
     p.add_argument("--word-vectors", default=None)
@@ -123,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         print(summary_text(summary))
     print(f"search folder: {state.folder}   (resume: python -m {PROG} --dataset {settings.dataset} "
           f"--storage {state.folder} --resume)")
-    print(f"MLflow: {tracking.ui_command(state.tracking_uri)}   (experiment {state.experiment!r})")
+    print(f"MLflow: {tracking.ui_command(state.tracking_uri, state.experiment_id)}   (experiment {state.experiment!r})")
     print(f"total {seconds:.1f} s")
     if args.json:
         if len(summaries) == 1:

@@ -12,6 +12,7 @@ importing this module (the CLI does, for `--help`) stays light.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -51,10 +52,12 @@ def resolve_models(model: str) -> list[str]:
 
 
 def load_driver_dataset(settings: SearchSettings):
-    """Load the dataset once on the driver: bad names or paths fail here, before any trial."""
-    from harness.trainer import resolve_dataset
+    """Load the dataset once on the driver: bad names or paths fail here, before any trial, in one line
+    naming every missing input, the command that builds the cache and the synthetic stand-in."""
+    from harness.data.registry import load_or_explain
 
-    return resolve_dataset(settings.base_config(settings.model if settings.model != "all" else "dazle", "search", 0))
+    return load_or_explain(settings.dataset, data_root=settings.data_root, cache_dir=settings.cache_dir,
+                           word_vectors=settings.word_vectors, data_seed=settings.data_seed)
 
 
 def _max_concurrent(settings: SearchSettings, resources: dict[str, float]) -> int:
@@ -95,6 +98,19 @@ class EndRunsOnFailure:
         return False
 
 
+def parent_run_name(model: str, settings: SearchSettings) -> str:
+    """`dazle synthetic 19:52` (the runs table shows the date), or `dazle synthetic smoke-test`: short
+    enough for the UI's name column, it says what the search was and tells a smoke test apart."""
+    return f"{model} {settings.dataset} {'smoke-test' if settings.smoke_test else time.strftime('%H:%M')}"
+
+
+def _parent_description(model: str, settings: SearchSettings, plan_info: dict[str, Any]) -> str:
+    return (f"Search of {model}'s hyperparameters on {settings.dataset}'s validation classes: "
+            f"{settings.num_samples} trials ({plan_info['searcher']}, {plan_info['scheduler']}), then the best "
+            f"configuration retrained on trainval with {settings.final_seeds} seed(s) and tested once. "
+            "Best configuration: the best.* params once the search is done; children: trial-NNN, final-seedN.")
+
+
 def _open_parent(state: SearchState, model: str, space: ResolvedSpace, settings: SearchSettings,
                  plan_info: dict[str, Any], dataset) -> tracking.RunRef:
     """The model's parent run: created once and stored in the folder; reopened on resume."""
@@ -109,13 +125,16 @@ def _open_parent(state: SearchState, model: str, space: ResolvedSpace, settings:
         tracking.set_tags(ref, {"resumed": int(entry.get("resumed", 0)) + 1})
         entry["resumed"] = int(entry.get("resumed", 0)) + 1
         return ref
-    params = {**{k: v for k, v in asdict(settings).items() if k not in ("model", "data_root", "cache_dir")},
-              "model": model, **plan_info,
-              "search_space": json.dumps(space.params, sort_keys=True),
+    skip = ("model", "data_root", "cache_dir", "word_vectors", "experiment", "smoke_test", "epochs")
+    params = {"dataset": settings.dataset, "model": model, "stage": "search",
+              **{k: v for k, v in asdict(settings).items() if k not in skip and v is not None},
+              "epochs": plan_info.pop("epochs"), **plan_info,
+              "search_space": json.dumps({param_name(k): v for k, v in space.params.items()}, sort_keys=True),
               "paper_config": json.dumps({param_name(k): v for k, v in space.defaults.items()}, sort_keys=True)}
     tags = {"kind": "search", "dataset": settings.dataset, "model": model, "storage": str(state.folder),
             "feature_cache_id": dataset.feature_cache_id}
-    ref = tracking.start_run(uri, exp, f"search-{model}-{settings.dataset}", params, tags)
+    ref = tracking.start_run(uri, exp, parent_run_name(model, settings), params, tags,
+                             description=_parent_description(model, settings, plan_info))
     entry.update(parent_run_id=ref.run_id, stage="searching")
     state.save()
     return ref
@@ -141,25 +160,37 @@ class ModelSearch:
     def results_dir(self) -> Path:
         return self.state.results_dir(self.model)
 
+    @functools.cached_property
+    def run_names(self) -> dict[str, str]:
+        """Ray trial id -> the trial's MLflow run name (trial-007), read once the trials have ended."""
+        runs = tracking.child_runs(self.state.tracking_uri, self.state.experiment_id, self.parent.run_id,
+                                   {"kind": "trial"})
+        return {r.data.tags.get("ray_trial_id", ""): r.info.run_name for r in runs}
+
 
 def _start(model: str, space: ResolvedSpace, state: SearchState, settings: SearchSettings, dataset,
            resources: dict[str, float]) -> ModelSearch:
     """Plan the model's Tune experiment and open its parent run."""
     from harness.search.trial import TrialContext
-    from harness.search.tune import TunePlan, grace_period
+    from harness.search.tune import RUNG_METRIC, TunePlan, grace_period
 
     epochs = settings.epochs or dataset.default_epochs
     max_t = epochs * settings.reports_per_epoch
     concurrent = _max_concurrent(settings, resources)
-    plan_info = {"max_concurrent": concurrent, "scheduler": "ASHA", "searcher": "OptunaSearch(TPE)",
-                 "asha_max_t": max_t, "asha_grace_period": grace_period(max_t)}
-    parent = _open_parent(state, model, space, settings, plan_info, dataset)
+    asha = settings.scheduler == "asha"
+    plan_info = {"epochs": epochs, "max_concurrent": concurrent,
+                 "scheduler": f"ASHA on {RUNG_METRIC}" if asha else "none",
+                 "searcher": "TPE" if settings.searcher == "tpe" else "random"}
+    if asha:
+        plan_info.update(asha_max_t=max_t, asha_grace_period=grace_period(max_t))
+    parent = _open_parent(state, model, space, settings, dict(plan_info), dataset)
     commit = tracking.git_commit()
-    base = asdict(settings.base_config(model, "search", settings.seed))
+    base = {**asdict(settings.base_config(model, "search", settings.seed)), "epochs": epochs}
     ctx = TrialContext(base, state.tracking_uri, state.experiment_id, parent.run_id, commit,
-                       paper_point=dict(space.defaults), search_name=state.folder.name)
+                       paper_point=dict(space.defaults), search_name=state.folder.name, searched=tuple(space.params))
     plan = TunePlan(space, ctx, state.folder, model, settings.num_samples, concurrent, settings.cpus_per_trial,
-                    settings.gpus_per_trial, settings.seed, max_t, settings.max_failures)
+                    settings.gpus_per_trial, settings.seed, max_t, settings.max_failures,
+                    early_stopping=asha, searcher=settings.searcher)
     return ModelSearch(model, space, state, settings, plan, parent, commit)
 
 
@@ -208,9 +239,46 @@ def _param_plots(records, space: ResolvedSpace, folder: Path) -> list[Path]:
 
 def _log_trials(search: ModelSearch, records: list[TrialRecord]) -> None:
     """The trial table (CSV + Markdown) and the val_H plots, in the results folder and the parent run."""
-    table = write_table(trial_rows(records, list(search.space.params)), search.results_dir, "trials")
+    table = write_table(trial_rows(records, list(search.space.params), search.run_names), search.results_dir, "trials")
     for path in [*table, *_param_plots(records, search.space, search.results_dir)]:
         tracking.log_artifact(search.parent, path, "tables" if path.suffix in (".csv", ".md") else "plots")
+
+
+def _teach(search: ModelSearch, records: list[TrialRecord]) -> dict[str, Any]:
+    """What the search teaches: importance of each parameter for validation H (at the report every
+    trial reached), a parallel-coordinates plot and the acc_s/acc_u Pareto plot; logged to the parent."""
+    from harness import plots
+    from harness.search.insight import common_pass, importance, label, pareto_front
+
+    usable = [r for r in records if r.status in ("completed", "stopped early")]
+    at = common_pass([r.history for r in usable])
+    points = [(r.params, r.history[at]) for r in usable] if at is not None else []
+    result = importance(points, search.space.distributions(), at_pass=at, seed=search.settings.seed)
+    if result.get("status") == "ok":
+        tracking.log_metrics(search.parent, {f"importance/{label(k)}": v["mean"] for k, v in result["params"].items()})
+    folder, paths = search.results_dir, []
+    numeric = [n for n, spec in search.space.params.items()
+               if spec["type"] != "categorical" or all(isinstance(c, int | float) for c in spec["choices"])]
+    if usable and numeric:
+        paths.append(plots.parallel_coordinates(
+            {label(n): [float(r.params.get(n, math.nan)) for r in usable] for n in numeric},
+            [label(n) for n in numeric if search.space.params[n]["type"] == "loguniform"],
+            [r.val_H for r in usable], folder / "parallel_coordinates.png",
+            dashed=[r.status == "stopped early" for r in usable],
+            title=f"{search.model} trials by last validation H (dashed: stopped early by ASHA)"))
+        seen = [r.metrics.get("val_acc_seen", math.nan) for r in usable]
+        unseen = [r.metrics.get("val_acc_unseen", math.nan) for r in usable]
+        full = [i for i, r in enumerate(usable) if r.status == "completed"]
+        front = [full[i] for i in pareto_front([seen[i] for i in full], [unseen[i] for i in full])]
+        chosen = max(full, key=lambda i: usable[i].val_H, default=None)
+        paths.append(plots.seen_unseen_pareto(
+            seen, unseen, front, folder / "val_acc_seen_vs_unseen.png",
+            stopped=[r.status == "stopped early" for r in usable], highlight=[r.paper for r in usable], best=chosen,
+            title=f"{search.model}: validation acc_s vs acc_u (front of full-length trials)"))
+    for path in paths:
+        tracking.log_artifact(search.parent, path, "plots")
+    tracking.log_json(search.parent, result, "importance.json", "tables")
+    return result
 
 
 def _choose_best(search: ModelSearch, records: list[TrialRecord]) -> tuple[TrialRecord, TrialRecord | None]:
@@ -226,7 +294,10 @@ def _choose_best(search: ModelSearch, records: list[TrialRecord]) -> tuple[Trial
                            f"see {search.results_dir / 'trials.md'}")
     tracking.log_metrics(search.parent, {"best_val_H": best.val_H,
                                          "paper_config_val_H": paper.val_H if paper else math.nan})
-    tracking.set_tags(search.parent, {"best_trial": best.trial_id})
+    best_name = search.run_names.get(best.trial_id, best.trial_id)
+    # Once, when the search is done (params are write-once; a resumed search logs the same values).
+    tracking.log_params(search.parent, {f"best.{param_name(k)}": v for k, v in best.params.items()})
+    tracking.set_tags(search.parent, {"best_trial": best.trial_id, "best_run": best_name})
     search.entry.update(stage="final", best_trial=best.trial_id)
     search.state.save()
     return best, paper
@@ -245,7 +316,8 @@ def _finals(search: ModelSearch, best: TrialRecord) -> tuple[list[dict[str, Any]
             final = settings.base_config(search.model, "final", settings.seed + i)
             values = {**asdict(final), **best.params}
             jobs.append(FinalJob(values, state.tracking_uri, state.experiment_id, search.parent.run_id,
-                                 search.commit, state.folder.name, best.trial_id))
+                                 search.commit, state.folder.name, search.run_names.get(best.trial_id, best.trial_id),
+                                 tuple(search.space.params)))
         final_results = run_finals(jobs, settings.cpus_per_trial, settings.gpus_per_trial)
     test = summarize(final_results)
     for path in write_table(final_rows(final_results, test), search.results_dir, "final"):
@@ -256,7 +328,8 @@ def _finals(search: ModelSearch, best: TrialRecord) -> tuple[list[dict[str, Any]
 
 
 def _finish(search: ModelSearch, records: list[TrialRecord], best: TrialRecord, paper: TrialRecord | None,
-            finals: tuple[list[dict[str, Any]], dict[str, Any]], started: float) -> dict[str, Any]:
+            finals: tuple[list[dict[str, Any]], dict[str, Any]], started: float,
+            taught: dict[str, Any]) -> dict[str, Any]:
     """The model's summary: logged, written as summary.md, stored in search.json; the parent run ends."""
     final_results, test = finals
     counts: dict[str, int] = {}
@@ -264,9 +337,9 @@ def _finish(search: ModelSearch, records: list[TrialRecord], best: TrialRecord, 
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = {
         "dataset": search.settings.dataset, "model": search.model, "best_config": best.params,
-        "best_trial": best.trial_id, "best_val_H": best.val_H, "paper_config": dict(search.space.defaults),
+        "best_trial": best.trial_id, "best_run": search.run_names.get(best.trial_id, ""), "best_val_H": best.val_H, "paper_config": dict(search.space.defaults),
         "paper_config_val_H": paper.val_H if paper else None,
-        "test": test, "final_runs": final_results, "trial_counts": counts,
+        "test": test, "final_runs": final_results, "trial_counts": counts, "importance": taught,
         "search_seconds": search.entry["search_seconds"], "seconds": time.perf_counter() - started,
         "parent_run_id": search.parent.run_id, "experiment_id": search.state.experiment_id,
         "results_dir": str(search.results_dir),
@@ -293,5 +366,6 @@ def search_model(model: str, space: ResolvedSpace, state: SearchState, settings:
         records = collect(_tune(search, resume), search.plan)
         entry["search_seconds"] = time.perf_counter() - started + float(entry.get("search_seconds", 0.0))
         _log_trials(search, records)
+        taught = _teach(search, records)
         best, paper = _choose_best(search, records)
-        return _finish(search, records, best, paper, _finals(search, best), started)
+        return _finish(search, records, best, paper, _finals(search, best), started, taught)

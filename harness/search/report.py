@@ -35,11 +35,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def trial_rows(records: Sequence[TrialRecord], params: Sequence[str]) -> list[dict[str, Any]]:
+def trial_rows(records: Sequence[TrialRecord], params: Sequence[str],
+               names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial; `names` (Ray trial id -> MLflow run name) adds the run's name first."""
     rows = []
     for r in records:
-        row: dict[str, Any] = {"trial_id": r.trial_id, "status": r.status, "paper_config": r.paper,
-                               "iterations": r.iterations}
+        row: dict[str, Any] = {"run": names.get(r.trial_id, "")} if names is not None else {}
+        row.update({"trial_id": r.trial_id, "status": r.status, "paper_config": r.paper,
+                    "iterations": r.iterations})
         row.update({param_name(p): r.params.get(p, "") for p in params})
         row.update({m: r.metrics.get(m, float("nan")) for m in TRIAL_METRICS})
         row["error"] = r.error
@@ -93,7 +96,7 @@ def summary_text(s: dict[str, Any]) -> str:
     lines = [
         f"{s['model']} on {s['dataset']}: {sum(counts.values())} trials "
         f"({', '.join(f'{v} {k}' for k, v in counts.items())}) in {s['search_seconds']:.0f} s of search",
-        f"  best configuration   {config_line(s['best_config'])}   (trial {s['best_trial']})",
+        f"  best configuration   {config_line(s['best_config'])}   ({s.get('best_run') or 'trial ' + s['best_trial']})",
         f"  validation H         best {fmt(s['best_val_H'])}   paper configuration {fmt(s['paper_config_val_H'])}",
     ]
     test = s.get("test") or {}
@@ -102,5 +105,9 @@ def summary_text(s: dict[str, Any]) -> str:
         lines.append(f"  test, retrained on trainval ({n} seed{'s' if n != 1 else ''}), mean +- std:")
         lines.append("    " + "  ".join(f"{SHORT[k]:>16s}" for k in test))
         lines.append("    " + "  ".join(f"{test[k]['mean']:.4f} +- {test[k]['std']:.4f}".rjust(16) for k in test))
+    if s.get("importance"):
+        from harness.search.insight import importance_line
+
+        lines.append(f"  {importance_line(s['importance'])}")
     lines.append(f"  MLflow parent run    {s['parent_run_id']}")
     return "\n".join(lines)

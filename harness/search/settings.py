@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness import tracking
@@ -19,6 +19,8 @@ from harness.config import TrainConfig
 from harness.errors import InputError
 
 PROG = "harness.search"
+SEARCHERS = ("tpe", "random")  # harness.search.tune builds them (it imports Ray; this module must not)
+SCHEDULERS = ("asha", "none")
 SMOKE = {"num_samples": 4, "epochs": 3, "final_seeds": 1}
 
 
@@ -32,7 +34,7 @@ class SearchSettings:
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs (and GPUs) allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    experiment: str = tracking.DEFAULT_EXPERIMENT
+    experiment: str = ""  # "": search/<dataset> (tracking.search_experiment)
     seed: int = 0
     final_seeds: int = 3
     epochs: int | None = None  # None: the dataset's default
@@ -42,6 +44,9 @@ class SearchSettings:
     cache_dir: str | None = None
     word_vectors: str | None = None
     data_seed: int = 0
+    searcher: str = "tpe"  # "tpe" (Optuna's TPE) or "random"
+    scheduler: str = "asha"  # "asha" (early stopping) or "none" (every trial runs its full length)
+    smoke_test: bool = False  # --smoke-test: the parent run's name says so
 
     def validate(self) -> SearchSettings:
         checks = [
@@ -58,8 +63,11 @@ class SearchSettings:
             if not ok:
                 value = getattr(self, option.replace("-", "_"))
                 raise InputError(f"--{option}: got {value!r}, expected {expected}")
+        for option, value, allowed in (("searcher", self.searcher, SEARCHERS), ("scheduler", self.scheduler, SCHEDULERS)):
+            if value not in allowed:
+                raise InputError(f"--{option}: got {value!r}, expected one of {', '.join(allowed)}")
         if not self.experiment.strip():
-            raise InputError("--experiment: expected a non-empty experiment name")
+            return replace(self, experiment=tracking.search_experiment(self.dataset))
         return self
 
     @property
@@ -92,7 +100,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     return SearchSettings(
         dataset=args.dataset, model=args.model, num_samples=pick("num_samples", d.num_samples),
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        experiment=args.experiment, seed=args.seed, final_seeds=pick("final_seeds", d.final_seeds),
+        experiment=args.experiment or "", seed=args.seed, final_seeds=pick("final_seeds", d.final_seeds),
         epochs=pick("epochs", None), reports_per_epoch=args.reports_per_epoch, max_failures=args.max_failures,
         data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors, data_seed=args.data_seed,
+        searcher=args.searcher, scheduler=args.scheduler, smoke_test=bool(args.smoke_test),
     ).validate()

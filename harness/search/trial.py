@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import socket
 import tempfile
 import time
@@ -44,6 +45,8 @@ from harness.search.space import same_point, trial_config
 from harness.trainer import DivergenceError, fit, resolve_dataset
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
+# Constant for a dataset: a tag, not a metric to chart.
+CONSTANT_METRICS = ("attention_chance",)
 STATE_FILE = "trial_state.json"
 PASS = "pass"  # the validation passes a trial has run, in every Tune report: ASHA's time attribute
 
@@ -67,6 +70,14 @@ class TrialContext:
     # Passes reported to Tune besides the last (ASHA's rungs; the plan fills it in); None: every pass.
     report_passes: tuple[int, ...] | None = None
     metrics_interval_s: float = 2.0  # seconds between a trial's MLflow metric batches (0: every pass)
+    searched: tuple[str, ...] = ()  # the searched TrainConfig fields: MLflow params of every trial
+
+
+def trial_run_name(trial_name: str, trial_id: str, paper: bool) -> str:
+    """`trial-007` (Tune's trial name, the order the searcher proposed it), `trial-000-paper` for the
+    paper's configuration; the name survives --resume because Tune stores it with the trial."""
+    name = trial_name if re.fullmatch(r"trial-\d+", trial_name or "") else f"trial-{trial_id}"
+    return f"{name}-paper" if paper else name
 
 
 # ---------------------------------------------------------------- data on this node
@@ -175,8 +186,15 @@ def finished_before(run) -> bool:
     )
 
 
+def trial_params(ctx: TrialContext, config: TrainConfig) -> dict[str, object]:
+    """Common parameters, the model's own and the searched ones (harness.methods.run_params)."""
+    from harness.methods import run_params
+
+    return run_params(config, config.epochs or 0, ctx.searched)
+
+
 def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str],
-                   run=None) -> tracking.RunRef:
+                   run=None, name: str = "") -> tracking.RunRef:
     """This trial's child run: reopened when it exists (retry or resume), created otherwise."""
     parent = tracking.RunRef(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     run = run if run is not None else find_trial_run(ctx, trial_id)
@@ -187,7 +205,7 @@ def open_trial_run(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: 
         tracking.set_tags(ref, {**tags, "attempts": attempts})
         return ref
     return tracking.start_run(
-        ctx.tracking_uri, ctx.experiment_id, f"{config.model}-{trial_id}", params=config.as_params(),
+        ctx.tracking_uri, ctx.experiment_id, name or f"trial-{trial_id}", params=trial_params(ctx, config),
         tags={**tags, "attempts": "1"}, parent=parent,
     )
 
@@ -208,7 +226,7 @@ def replay_finished(run, done_iterations: int, tracking_uri: str) -> None:
     for index, step in enumerate(steps[done_iterations:], start=done_iterations + 1):
         tune.report({**{k: h[step] for k, h in histories.items() if step in h}, PASS: index, "diverged": 0.0})
     if run.data.tags.get("failure_reason") == "diverged":
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0, PASS: len(steps) + 1,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "val_ausuc": 0.0, "diverged": 1.0, PASS: len(steps) + 1,
                      "diverged_step": float(run.data.tags.get("diverged_step", 0)),
                      "error": run.data.tags.get("error", "diverged")})
 
@@ -251,11 +269,10 @@ class TrialReporter:
         if self.iteration <= self.done_iterations:  # replayed pass, already reported before the restore
             return
         metrics = {k: float(record[k]) for k in REPORTED_METRICS if k in record}
-        metrics["epoch"] = float(record["epoch"])
         step = int(record["epoch"]) if self.step_key == "epoch" else self.iteration
         if self.logged_up_to is None or step > self.logged_up_to:
-            self.metrics_out.add(metrics, step=step)
-        result = {**metrics, PASS: self.iteration, "diverged": 0.0}
+            self.metrics_out.add(metrics, step=step)  # the epoch is the step, not a metric
+        result = {**metrics, "epoch": float(record["epoch"]), PASS: self.iteration, "diverged": 0.0}
         if self.ctx.report_passes is not None and self.iteration not in self.ctx.report_passes:
             self.unreported = result
             return  # nothing decides on this pass: no round trip to the driver (the last goes after fit)
@@ -282,13 +299,13 @@ def _trial_tags(ctx: TrialContext, config: TrainConfig, trial_id: str, params: d
 
 
 def _dataset_or_fail(ctx: TrialContext, trial_id: str, config: TrainConfig, tags: dict[str, str],
-                     previous) -> tuple[GZSLDataset, np.ndarray]:
+                     previous, name: str = "") -> tuple[GZSLDataset, np.ndarray]:
     """This node's sealed dataset; when unreadable, the failure goes to MLflow too before Ray retries it."""
     try:
         return trial_dataset(config)
     except FeatureCacheError as err:
         # Record the failure in MLflow too, then let Ray retry it (another node may work).
-        ref = open_trial_run(ctx, trial_id, config, tags, previous)
+        ref = open_trial_run(ctx, trial_id, config, tags, previous, name)
         tracking.set_tags(ref, {"error": str(err)[:5000], "failure_reason": "feature cache unreadable"})
         tracking.end_run(ref, "FAILED")
         raise
@@ -310,7 +327,7 @@ def _fit_and_report(config: TrainConfig, dataset: GZSLDataset, forbidden: np.nda
         tracking.set_tags(ref, {"failure_reason": "diverged", "error": str(err), "diverged_epoch": err.epoch,
                                 "diverged_step": err.step})
         tracking.end_run(ref, "FAILED")
-        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "diverged": 1.0,
+        tune.report({"val_H": 0.0, "val_acc_seen": 0.0, "val_acc_unseen": 0.0, "val_ausuc": 0.0, "diverged": 1.0,
                      PASS: reporter.iteration + 1, "diverged_step": float(err.step), "error": str(err)})
         return None
     except SystemExit:
@@ -341,9 +358,10 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     if finished_before(previous):  # restored by a resumed search, but it had ended: do not re-run it
         replay_finished(previous, done_iterations, ctx.tracking_uri)
         return
-    dataset, forbidden = _dataset_or_fail(ctx, trial_id, config, tags, previous)
+    name = trial_run_name(tune.get_context().get_trial_name(), trial_id, tags["paper_config"] == "true")
+    dataset, forbidden = _dataset_or_fail(ctx, trial_id, config, tags, previous, name)
     tags["feature_cache_id"] = dataset.feature_cache_id
-    ref = open_trial_run(ctx, trial_id, config, tags, previous)
+    ref = open_trial_run(ctx, trial_id, config, tags, previous, name)
     # A reopened run may hold epochs beyond the last checkpoint (Ray's snapshot can lag MLflow):
     # never log a step twice.
     logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
@@ -351,8 +369,9 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     result = _fit_and_report(config, dataset, forbidden, reporter)
     if result is None:
         return
-    extra = {k: v for k, v in result.metrics.items() if k not in REPORTED_METRICS}
+    extra = {k: v for k, v in result.metrics.items() if k not in (*REPORTED_METRICS, *CONSTANT_METRICS)}
     reporter.metrics_out.add(extra, step=int(result.history[-1]["epoch"]) if result.history else 0)
     reporter.metrics_out.flush()
-    tracking.set_tags(ref, {"stopped_early": "false", "fit_seconds": f"{result.seconds:.2f}"})
+    constants = {k: f"{result.metrics[k]:.4g}" for k in CONSTANT_METRICS if k in result.metrics}
+    tracking.set_tags(ref, {"stopped_early": "false", "fit_seconds": f"{result.seconds:.2f}", **constants})
     tracking.end_run(ref, "FINISHED")

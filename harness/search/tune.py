@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,10 @@ from harness import tracking
 from harness.search.space import ResolvedSpace, same_point
 from harness.search.trial import PASS, TrialContext, run_trial
 
-METRIC, MODE = "val_H", "max"
+METRIC, MODE = "val_H", "max"  # what the searcher learns from and the best configuration is chosen by
+# What ASHA compares trials by at its rungs: AUSUC ranks trials from the first epochs, where H is
+# still 0 for most of them (either accuracy 0); see docs/search.md, "ASHA's rung metric".
+RUNG_METRIC = "val_ausuc"
 
 
 def passes_done(result: dict | None) -> int:
@@ -43,8 +46,9 @@ class PaperFirstASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if (action == TrialScheduler.STOP and same_point(dict(trial.config), self.protected)
-                and result.get(self._time_attr, 0) < self._max_t):
+        # Also at a rung that falls on max_t: stopped there, the paper's trial would end inside its
+        # last report and never log its final metrics.
+        if action == TrialScheduler.STOP and same_point(dict(trial.config), self.protected):
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE
         return action
@@ -53,9 +57,11 @@ class PaperFirstASHA(ASHAScheduler):
 class TrialRunsCallback(tune.Callback):
     """Ends the MLflow run of a trial Ray saw finish or fail, if the trial left it RUNNING."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_t: int) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_t: int,
+                 rungs: tuple[int, ...] = (), reports_per_epoch: int = 1, rung_metric: str = METRIC) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.max_t = max_t
+        self.rungs, self.reports_per_epoch, self.rung_metric = rungs, reports_per_epoch, rung_metric
 
     def _runs(self, trial) -> list[tracking.RunRef]:
         runs = tracking.child_runs(self.tracking_uri, self.experiment_id, self.parent_run_id,
@@ -67,6 +73,11 @@ class TrialRunsCallback(tune.Callback):
         for ref in self._runs(trial):
             tracking.set_tags(ref, {"ended_by": "driver: trial complete",
                                     "stopped_early": str(iterations < self.max_t).lower()})
+            if iterations < self.max_t:
+                # Callbacks pickled by an older search lack the rung fields: getattr.
+                tracking.set_description(ref, stopped_note(
+                    iterations, self.max_t, getattr(self, "rungs", ()), getattr(self, "reports_per_epoch", 1),
+                    getattr(self, "rung_metric", METRIC), (trial.last_result or {}).get(getattr(self, "rung_metric", METRIC))))
             tracking.end_run(ref, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -134,6 +145,24 @@ def trial_error(trial) -> str:
     return last_line(text) or "unknown error"
 
 
+def stopped_note(passes: int, max_t: int, rungs: tuple[int, ...], reports_per_epoch: int, metric: str,
+                 value: float | None) -> str:
+    """The description of an ASHA-stopped trial run: where it stopped and on what."""
+    epoch, epochs = math.ceil(passes / reports_per_epoch), math.ceil(max_t / reports_per_epoch)
+    where = f"pass {passes} (epoch {epoch} of {epochs})" if reports_per_epoch > 1 else f"epoch {epoch} of {epochs}"
+    rung = f", at rung {rungs.index(passes) + 1} of {len(rungs)}" if passes in rungs else ""
+    at = f" ({metric} {value:.4g} there)" if isinstance(value, int | float) else ""
+    return (f"Stopped early by ASHA after {where}{rung}: its {metric} was below the top third of the trials "
+            f"that reached the rung{at}. Not a candidate for the best configuration (full-length trials only).")
+
+
+def trial_name(trial) -> str:
+    """`trial-007`: the order in which the searcher proposed the trial (Tune's experiment tag starts with
+    its count from 1); stored with the trial, so a resumed search keeps it."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return f"trial-{int(head) - 1:03d}" if head.isdigit() else f"trial-{trial.trial_id}"
+
+
 def rung_passes(max_t: int, grace: int, reduction_factor: int) -> tuple[int, ...]:
     """The passes at which ASHA (one bracket) decides: grace * rf^k up to max_t, as Ray computes them."""
     rungs = int(math.log(max_t / grace) / math.log(reduction_factor) + 1)
@@ -161,12 +190,16 @@ class TunePlan:
     max_t: int  # reports per trial at full length (epochs * reports_per_epoch)
     max_failures: int = 2
     reduction_factor: int = 3
-    early_stopping: bool = True  # False: every trial runs max_t passes (fixed work, for benchmarks)
+    early_stopping: bool = True  # False (--scheduler none): every trial runs max_t passes
     report_every_pass: bool = False  # True: every pass goes to Tune (the earlier behaviour, for benchmarks)
+    searcher: str = "tpe"  # "tpe" or "random" (--searcher)
+    rung_metric: str = RUNG_METRIC  # what ASHA ranks trials by at its rungs
+    grace: int | None = None  # ASHA's first rung in passes; None: a fifth of max_t
+    stop: Any = None  # a tune.Stopper for the whole experiment (bench/search_quality.py's epoch budget)
 
     @property
     def grace_period(self) -> int:
-        return grace_period(self.max_t)
+        return self.grace or grace_period(self.max_t)
 
     @property
     def report_passes(self) -> tuple[int, ...] | None:
@@ -191,10 +224,13 @@ def searcher(plan: TunePlan):
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        seed=plan.seed, n_startup_trials=min(10, max(2, plan.num_samples // 3)), multivariate=True,
-        constant_liar=True,
-    )
+    if plan.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=plan.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=plan.seed, n_startup_trials=min(10, max(2, plan.num_samples // 3)), multivariate=True,
+            constant_liar=True,
+        )
     return OptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
                         points_to_evaluate=[dict(plan.space.defaults)], sampler=sampler)
 
@@ -205,7 +241,7 @@ def _trial_dirname(trial) -> str:
 
 def build_tuner(plan: TunePlan) -> tune.Tuner:
     scheduler = PaperFirstASHA(
-        plan.space.defaults, time_attr=PASS, metric=METRIC, mode=MODE, max_t=plan.max_t,
+        plan.space.defaults, time_attr=PASS, metric=plan.rung_metric, mode=MODE, max_t=plan.max_t,
         grace_period=plan.grace_period, reduction_factor=plan.reduction_factor,
         stop_last_trials=False,  # a trial that reaches max_t ends by itself, with its final metrics
     ) if plan.early_stopping else None
@@ -214,13 +250,16 @@ def build_tuner(plan: TunePlan) -> tune.Tuner:
         name=plan.name, storage_path=str(plan.storage),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[TrialRunsCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.max_t),
+        callbacks=[TrialRunsCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.max_t,
+                                     plan.report_passes or (), int(ctx.base.get("reports_per_epoch") or 1),
+                                     plan.rung_metric),
                    ProgressCallback(plan.num_samples, f"search {plan.space.model}")],
-        verbose=0,
+        verbose=0, stop=plan.stop,
     )
     tune_config = tune.TuneConfig(
         search_alg=searcher(plan), scheduler=scheduler, num_samples=plan.num_samples,
         max_concurrent_trials=plan.max_concurrent, reuse_actors=True, trial_dirname_creator=_trial_dirname,
+        trial_name_creator=trial_name,
     )
     return tune.Tuner(trainable(plan), tune_config=tune_config, run_config=run_config)
 
@@ -245,6 +284,7 @@ class TrialRecord:
     metrics: dict[str, float]
     error: str = ""
     paper: bool = False
+    history: dict[int, float] = field(default_factory=dict)  # pass -> val_H of each report Tune received
 
     @property
     def val_H(self) -> float:
@@ -269,13 +309,21 @@ def collect(results, plan: TunePlan) -> list[TrialRecord]:
         numeric = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool) and k.startswith(("val_", "loss"))}
         rows.append(TrialRecord(trial_id, params, status, iterations, numeric, error,
-                                same_point(params, plan.space.defaults)))
+                                same_point(params, plan.space.defaults), _reported_H(result)))
     longest = max((r.iterations for r in rows if r.status == "completed"), default=0)
     return [
-        TrialRecord(r.trial_id, r.params, "stopped early", r.iterations, r.metrics, r.error, r.paper)
-        if r.status == "completed" and r.iterations < longest else r
+        replace(r, status="stopped early") if r.status == "completed" and r.iterations < longest else r
         for r in rows
     ]
+
+
+def _reported_H(result) -> dict[int, float]:
+    """pass -> validation H of every report the trial made to Tune (its rungs and its last)."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or METRIC not in frame or PASS not in frame:
+        return {}
+    return {int(p): float(h) for p, h in zip(frame[PASS], frame[METRIC], strict=True)
+            if p == p and isinstance(h, int | float) and math.isfinite(h)}
 
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
