@@ -210,6 +210,9 @@ def main() -> int:
     p.add_argument("--read-threads", type=int, default=None, help="the reader's threads (default: its own)")
     p.add_argument("--no-request-ahead", action="store_true",
                    help="read item by item as the loader did before (no MADV_WILLNEED for the batch)")
+    p.add_argument("--lmdb-reads", action="store_true",
+                   help="look items up through LMDB's map (the path before direct reads; implied where the "
+                        "offset table cannot be built)")
     args = p.parse_args()
 
     import torch
@@ -232,8 +235,16 @@ def main() -> int:
               file=sys.stderr)
         reader = open_store(folder)
         reader.request_ahead = not args.no_request_ahead
+        reader.direct_reads = not args.lmdb_reads
         if args.read_threads:
             reader.read_threads = args.read_threads
+        if args.cold:
+            evict(folder, args.drop_caches, reader)
+        t0 = time.perf_counter()
+        path = reader.read_path  # builds the offset table (direct reads) from LMDB's tree pages
+        print(f"read path: {path}" + (f" (offset table of {reader.stored} items in {time.perf_counter() - t0:.2f} s"
+                                      f"{' from cold' if args.cold else ''})" if path == "direct" else
+                                      f" ({reader.read_path_reason or '--lmdb-reads'})"), flush=True)
         labels = np.random.default_rng(2).integers(0, SEEN, args.items)
         sampler = ClassBalancedSampler(labels, 50, seed=0)
         batch = len(sampler.next_batch())
@@ -250,7 +261,8 @@ def main() -> int:
             print(f"cold reads: {args.items} items, {sum(f.stat().st_size for f in data_files(folder)) / 2**30:.1f} "
                   f"GiB on disk, RAM {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB, "
                   f"check {'off' if args.no_verify else 'on'}, request-ahead {'off' if args.no_request_ahead else 'on'}, "
-                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}")
+                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}, "
+                  f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             reader.verify_reads = not args.no_verify
             cold_reads(folder, reader, endless, device, batch, args)
             read_rates = {}
