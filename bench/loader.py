@@ -65,7 +65,7 @@ def build(folder: Path, count: int) -> None:
         writer.finish()
 
 
-def dazle(device):
+def dazle(device, attributes: int = ATTRIBUTES, classes: int = CLASSES, seen: int = SEEN):
     import torch
 
     from harness.config import TrainConfig
@@ -73,9 +73,9 @@ def dazle(device):
 
     rng = np.random.default_rng(1)
     spec = MethodSpec(
-        class_semantics=torch.from_numpy(rng.random((CLASSES, ATTRIBUTES), dtype=np.float32)),
-        attribute_semantics=torch.from_numpy(rng.standard_normal((ATTRIBUTES, WORD_DIM), dtype=np.float32)),
-        seen_classes=torch.arange(SEEN), unseen_classes=torch.arange(SEEN, CLASSES),
+        class_semantics=torch.from_numpy(rng.random((classes, attributes), dtype=np.float32)),
+        attribute_semantics=torch.from_numpy(rng.standard_normal((attributes, WORD_DIM), dtype=np.float32)),
+        seen_classes=torch.arange(seen), unseen_classes=torch.arange(seen, classes),
         feature_dim=F, num_regions=R,
     )
     return build_method("dazle", spec, TrainConfig(device=str(device)), device)
@@ -194,6 +194,76 @@ def cold_reads(folder: Path, reader, endless, device, batch: int, args) -> float
     return probe
 
 
+# (name, attributes, classes, seen classes): the class-balanced batch has min(seen, 50) images
+RESIDENT_SHAPES = (("CUB", 312, 200, 150), ("DeepFashion", 1000, 46, 36))
+
+
+def resident_bench(reader, device, args) -> None:
+    """--resident: per-batch cost of the loader's read (and host copy) against a gather from the
+    resident tensor, and the fed loop's steps/s with each, at CUB's and DeepFashion's shapes; rounds
+    interleaved (the load on a shared host drifts), best round shown."""
+    import torch
+
+    from harness.data.sampling import ClassBalancedSampler
+    from harness.features.loader import PrefetchingBatches, make_resident
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    reader.read(np.arange(args.items))  # warm, as after an epoch: the loader's best case
+    t0 = time.perf_counter()
+    resident, why = make_resident(reader, np.arange(args.items), device, mode="on")
+    print(f"{why}; loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    if resident is None:
+        return
+    for name, attributes, classes, seen in RESIDENT_SHAPES:
+        labels = np.random.default_rng(2).integers(0, seen, args.items)
+        sampler = ClassBalancedSampler(labels, 50, seed=0)
+        batch = len(sampler.next_batch())
+
+        def endless(sampler=sampler):
+            while True:
+                yield sampler.next_batch()
+
+        def loader(kind):
+            return PrefetchingBatches(reader, endless(), device) if kind == "cache" else resident.batches(endless())
+
+        # the batch's cost on the consumer's side, nothing else running: read+check+copy vs gather
+        cost = {"cache": [], "resident": []}
+        for _ in range(3):
+            for kind in cost:
+                indices = [sampler.next_batch() for _ in range(20)]
+                if kind == "cache":
+                    buf = torch.empty((batch, F, R), dtype=torch.float32, pin_memory=device.type == "cuda")
+                    started = time.perf_counter()
+                    for idx in indices:
+                        reader.read_into(idx, buf)
+                        buf.to(device, non_blocking=True)
+                else:
+                    started = time.perf_counter()
+                    for idx in indices:
+                        resident.gather(idx)
+                sync()
+                cost[kind].append((time.perf_counter() - started) / len(indices) * 1e3)
+        method = dazle(device, attributes, classes, seen)
+        fed = {"cache": [], "resident": []}
+        for _ in range(args.rounds):
+            for kind in fed:
+
+                def steps(kind=kind, method=method, labels=labels, seen=seen):
+                    for positions, x in loader(kind):
+                        yield method.train_step(x, torch.from_numpy(labels[positions] % seen).to(device))
+
+                fed[kind].append(timed(steps(), args.seconds, sync))
+        print(f"{name} shape (A={attributes}, C={classes}, batch {batch}), {device}, torch threads "
+              f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}:")
+        print(f"  per batch: cache read + check + copy {min(cost['cache']):6.2f} ms, resident gather "
+              f"{min(cost['resident']):6.2f} ms: {min(cost['cache']) - min(cost['resident']):.2f} ms a batch removed "
+              f"(rounds {', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(cost['cache'], cost['resident'], strict=True))})")
+        print(f"  fed loop: cache {max(fed['cache']):6.2f} steps/s, resident {max(fed['resident']):6.2f} steps/s "
+              f"({max(fed['resident']) / max(fed['cache']):.2f}x; rounds "
+              f"{', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(fed['cache'], fed['resident'], strict=True))})",
+              flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=2000)
@@ -210,6 +280,10 @@ def main() -> int:
     p.add_argument("--read-threads", type=int, default=None, help="the reader's threads (default: its own)")
     p.add_argument("--no-request-ahead", action="store_true",
                    help="read item by item as the loader did before (no MADV_WILLNEED for the batch)")
+    p.add_argument("--resident", action="store_true",
+                   help="compare features resident on --device (gathered by index) with the cache loader at "
+                        "CUB's and DeepFashion's shapes: per-batch cost and fed-loop steps/s")
+    p.add_argument("--rounds", type=int, default=3, help="--resident: interleaved rounds")
     p.add_argument("--lmdb-reads", action="store_true",
                    help="look items up through LMDB's map (the path before direct reads; implied where the "
                         "offset table cannot be built)")
@@ -257,6 +331,9 @@ def main() -> int:
             for _, x in PrefetchingBatches(reader, endless(), device):
                 yield x
 
+        if args.resident:
+            resident_bench(reader, device, args)
+            return 0
         if args.cold:
             print(f"cold reads: {args.items} items, {sum(f.stat().st_size for f in data_files(folder)) / 2**30:.1f} "
                   f"GiB on disk, RAM {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB, "

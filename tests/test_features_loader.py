@@ -152,3 +152,63 @@ def test_without_a_table_the_reader_falls_back_to_lmdb(tmp_path, monkeypatch):
                 assert reader.read_path == "lmdb" and reader.read_path_reason.startswith("reading through LMDB")
                 assert reader.read_path_reason.endswith(why) or why in reader.read_path_reason, reader.read_path_reason
         np.testing.assert_array_equal(got, values[[3, 19, 0]].reshape(3, 64, 49))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_resident_features_give_the_loaders_batches(tmp_path, dtype):
+    """ResidentFeatures.batches yields what PrefetchingBatches does from the cache: the same positions,
+    in the same order, bitwise the same float32 features, for a view's training images only."""
+    from harness.features.loader import ResidentFeatures
+
+    rng = np.random.default_rng(6)
+    values = rng.random((80, 64, 7, 7)).astype(dtype)
+    ident = {**CacheKey("toy", weights="none", dtype=dtype).as_dict(), "weights_sha256": None,
+             "preprocessing": "t", "shape": [64, 7, 7], "count": 80, "command": "x"}
+    with FeatureStoreWriter(tmp_path / "c", ident) as writer:
+        writer.write_batch(range(80), values)
+        writer.finish()
+    fit = rng.permutation(80)[:50]  # the view's training images (positions -> image ids)
+    labels = np.repeat(np.arange(5), 10)
+    reader = open_store(tmp_path / "c")
+    view = RestrictedFeatures(reader, fit)
+    resident = ResidentFeatures(view, fit, "cpu")
+    assert resident.data.dtype == getattr(__import__("torch"), dtype) and resident.nbytes == 50 * 64 * 49 * values.itemsize
+    got = {}
+    for name in ("cache", "resident"):
+        batches = ClassBalancedSampler(labels, 10, seed=3).epoch()
+        loader = (PrefetchingBatches(view, batches, "cpu", index_of=fit) if name == "cache"
+                  else resident.batches(batches, index_of=fit))
+        got[name] = [(p.copy(), x.numpy().copy()) for p, x in loader]
+    assert len(got["cache"]) == len(got["resident"]) > 3
+    for (pa, xa), (pb, xb) in zip(got["cache"], got["resident"], strict=True):
+        np.testing.assert_array_equal(pa, pb)
+        assert xa.dtype == xb.dtype == np.float32
+        np.testing.assert_array_equal(xa.view(np.uint32), xb.view(np.uint32))
+    with pytest.raises(KeyError, match="not among the resident"):
+        resident.gather(np.setdiff1d(np.arange(80), fit)[:2])
+    reader.close()
+
+
+def test_residency_is_decided_by_the_budget(tmp_path, monkeypatch):
+    """auto: within RESIDENT_SHARE of available memory and of the trial's fraction; on: within 90%;
+    off: never; a refusal is one line saying what was needed and what was allowed."""
+    from harness.features import loader
+
+    values = np.ones((40, 64, 7, 7), dtype=np.float16)
+    source = store(tmp_path, values)
+    need = 40 * 64 * 49 * 2
+    monkeypatch.setattr(loader, "_available_ram", lambda: 3 * need)
+    resident, why = loader.make_resident(source, np.arange(40), "cpu")
+    assert resident is not None and len(resident) == 40 and why.startswith("features resident on cpu")
+    resident, why = loader.make_resident(source, np.arange(40), "cpu", fraction=0.5)
+    assert resident is None and "\n" not in why and why.startswith("features not resident on cpu")
+    assert "GiB against" in why and "50% of available RAM" in why and "0.5 of the device" in why
+    monkeypatch.setattr(loader, "_available_ram", lambda: int(1.5 * need))
+    assert loader.make_resident(source, np.arange(40), "cpu")[0] is None  # auto: over half of it
+    assert loader.make_resident(source, np.arange(40), "cpu", mode="on")[0] is not None
+    assert loader.make_resident(source, np.arange(40), "cpu", mode="off") == (
+        None, "features read from the cache per batch (resident off)")
+    monkeypatch.setattr(loader, "_available_ram", lambda: need // 2)
+    resident, why = loader.make_resident(source, np.arange(40), "cpu", mode="on")
+    assert resident is None and "90% of available RAM" in why
+    source.close()
