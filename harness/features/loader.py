@@ -4,7 +4,7 @@
         y = labels[positions]; method.train_step(x, y)
 
 A reader thread fills `depth` preallocated host buffers ahead of the consumer (pinned when the
-device is CUDA, so the copy to the GPU is asynchronous). On CUDA a float16 store is moved as
+device is CUDA, so the copy to the GPU is asynchronous), reading up to `depth` batches at once. On CUDA a float16 store is moved as
 float16, half the bytes, and converted on the GPU. On the CPU the yielded tensor *is* a host
 buffer: it stays valid until the next batch is requested.
 """
@@ -57,6 +57,7 @@ class PrefetchingBatches:
         self._ready: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reads = None
         self._used = False
 
     def __len__(self) -> int:
@@ -90,21 +91,28 @@ class PrefetchingBatches:
                     self._events[slot].synchronize()
                     self._events[slot] = None
                 view = self._buffer(slot, len(indices))[: len(indices)]
-                if hasattr(self.source, "read_into"):
-                    self.source.read_into(indices, view)
-                else:
-                    view.copy_(torch.from_numpy(np.ascontiguousarray(self.source.read(indices))))
-                self._ready.put((positions, slot, len(indices)))
+                # up to `depth` batches read at once: the reader's threads go on to the next batch's
+                # items as the last ones of this batch are read, instead of waiting for them
+                self._ready.put((positions, slot, len(indices), self._reads.submit(self._read, indices, view)))
                 if self._stop.is_set():
                     return
             self._ready.put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
             self._ready.put(_Failure(err))
 
+    def _read(self, indices: np.ndarray, view: torch.Tensor) -> None:
+        if hasattr(self.source, "read_into"):
+            self.source.read_into(indices, view)
+        else:
+            view.copy_(torch.from_numpy(np.ascontiguousarray(self.source.read(indices))))
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         if self._used:
             raise RuntimeError("a PrefetchingBatches iterates once; make a new one for the next epoch")
         self._used = True
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._reads = ThreadPoolExecutor(self.depth, thread_name_prefix="feature-prefetch-read")
         self._thread = threading.Thread(target=self._produce, name="feature-prefetch", daemon=True)
         self._thread.start()
         held: int | None = None
@@ -118,7 +126,8 @@ class PrefetchingBatches:
                     return
                 if isinstance(item, _Failure):
                     raise item.error
-                positions, slot, n = item
+                positions, slot, n, read = item
+                read.result()  # its error, if any, is raised here, in order
                 host = self._host[slot][:n]
                 if self.device.type == "cuda":
                     out = host.to(self.device, non_blocking=True)
@@ -139,6 +148,8 @@ class PrefetchingBatches:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join()  # it waits on free slots with a timeout, so it sees the stop flag
+        if self._reads is not None:
+            self._reads.shutdown(wait=True)  # the batches being read finish
 
     def __enter__(self) -> PrefetchingBatches:
         return self

@@ -683,8 +683,9 @@ class FeatureStoreReader:
 
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:  # forked: LMDB environments must not cross a fork
-            for fd in (self._direct or [()])[0]:  # this process's copies of the parent's descriptors
-                os.close(fd)
+            if self._direct:  # this process's copies of the parent's descriptors
+                for fd in self._direct[0]:
+                    os.close(fd)
             self._open()
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -740,8 +741,11 @@ class FeatureStoreReader:
         threads = max(1, min(self.read_threads, len(indices) // 4))
         for e, env in enumerate(self.envs):
             rows = np.flatnonzero(where == e) if len(self.envs) > 1 else np.arange(len(indices))
-            source = env if direct is None else direct[0][e]
-            jobs += [(source, rows[k::threads]) for k in range(threads) if len(rows[k::threads])]
+            if direct is None:
+                jobs += [(env, rows[k::threads]) for k in range(threads) if len(rows[k::threads])]
+            elif len(rows):  # the threads take the next item as each read ends: `threads` reads in flight to the end
+                shared = iter(rows.tolist())
+                jobs += [(e, shared)] * min(threads, len(rows))
         if len(jobs) == 1:
             copy(jobs[0][0], indices, jobs[0][1], flat)
         else:
@@ -819,11 +823,11 @@ class FeatureStoreReader:
         except lmdb.Error as err:
             raise offsets.TableUnavailable(f"LMDB cannot read item {int(key)} ({err})") from None
 
-    def _pread_into(self, fd: int, indices: np.ndarray, rows: Iterable[int], flat: np.ndarray) -> None:
-        """flat[j] = item indices[j] for j in rows, one os.preadv each from data.mdb (the value's
-        overflow page header, the item, its CRC32), each checked: size, page header, then CRC32."""
-        _, offset, length, overflow, page_size = self._direct
-        size, check = self.item_bytes, self.verify_reads
+    def _pread_into(self, e: int, indices: np.ndarray, rows: Iterable[int], flat: np.ndarray) -> None:
+        """flat[j] = item indices[j] for j in rows, one os.preadv each from shard `e`'s data.mdb (the
+        value's overflow page header, the item, its CRC32), each checked: size, page header, CRC32."""
+        fds, offset, length, overflow, page_size = self._direct
+        size, check, fd = self.item_bytes, self.verify_reads, fds[e]
         psize = offsets.PAGE_HEADER  # bytes of the page header read before an overflow value
         header, crc = bytearray(psize), bytearray(CRC_BYTES)
         for j in rows:
@@ -878,9 +882,10 @@ class FeatureStoreReader:
     def _executor(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
-            self._pool = (os.getpid(), ThreadPoolExecutor(self.read_threads, thread_name_prefix="feature-read"))
-        return self._pool[1]
+        with self._direct_lock:  # batches may be read from several threads at once
+            if self._pool is None or self._pool[0] != os.getpid():  # threads do not survive a fork
+                self._pool = (os.getpid(), ThreadPoolExecutor(self.read_threads, thread_name_prefix="feature-read"))
+            return self._pool[1]
 
     def _damaged(self, index: int | None, what: str) -> DamagedCacheError:
         return damaged(self.folder, what, item=index, rebuild=_rebuild_command(self.metadata))
