@@ -381,7 +381,7 @@ def main() -> int:
         print(f"DeepFashion shape: batch {batch} (36 seen classes x 1), F={F}, R={R}, A={ATTRIBUTES}, "
               f"device {device}, torch threads {torch.get_num_threads()}")
         for check, rates in read_rates.items():
-            print(f"  reads  (LMDB -> PrefetchingBatches -> {device}), CRC check {'on ' if check else 'off'}"
+            print(f"  reads  (cache -> PrefetchingBatches -> {device}), CRC check {'on ' if check else 'off'}"
                   f"  {max(rates):8.1f} batches/s  (rounds: {', '.join(f'{r:.1f}' for r in rates)})")
         if read_rates:
             on, off = max(read_rates[True]), max(read_rates[False])
