@@ -190,22 +190,31 @@ def test_resident_features_give_the_loaders_batches(tmp_path, dtype):
 
 
 def test_residency_is_decided_by_the_budget(tmp_path, monkeypatch):
-    """auto: within RESIDENT_SHARE of available memory and of the trial's fraction; on: within 90%;
-    off: never; a refusal is one line saying what was needed and what was allowed."""
+    """The budget: RESIDENT_SHARE of the memory there and of the trial's fraction of the device.
+    auto: on CUDA when within it, never on the CPU; on: within 90%; off: never. A refusal is one
+    line saying what was needed and what was allowed."""
+    import torch
+
     from harness.features import loader
 
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * gib, 140 * gib))
+    assert loader.resident_fits(29 * gib, "cuda")[0]  # half of 60 GiB free
+    fits, why = loader.resident_fits(31 * gib, "cuda")
+    assert not fits and "\n" not in why and why.startswith("features not resident on cuda")
+    assert "31.00 GiB against 30.00 GiB (50% of cuda's free memory, 60.0 GiB)" in why
+    fits, why = loader.resident_fits(9 * gib, "cuda", fraction=0.125)  # 8 trials a GPU: 0.125 x 140 / 2
+    assert not fits and "8.75 GiB" in why and "0.125 of the device" in why
     values = np.ones((40, 64, 7, 7), dtype=np.float16)
     source = store(tmp_path, values)
     need = 40 * 64 * 49 * 2
+    assert loader.resident_bytes(40, source) == need
     monkeypatch.setattr(loader, "_available_ram", lambda: 3 * need)
+    assert loader.resident_fits(need, "cpu")[0] and not loader.resident_fits(need, "cpu", fraction=0.5)[0]
     resident, why = loader.make_resident(source, np.arange(40), "cpu")
+    assert resident is None and why.startswith("features read from the cache per batch (resident auto")
+    resident, why = loader.make_resident(source, np.arange(40), "cpu", mode="on")
     assert resident is not None and len(resident) == 40 and why.startswith("features resident on cpu")
-    resident, why = loader.make_resident(source, np.arange(40), "cpu", fraction=0.5)
-    assert resident is None and "\n" not in why and why.startswith("features not resident on cpu")
-    assert "GiB against" in why and "50% of available RAM" in why and "0.5 of the device" in why
-    monkeypatch.setattr(loader, "_available_ram", lambda: int(1.5 * need))
-    assert loader.make_resident(source, np.arange(40), "cpu")[0] is None  # auto: over half of it
-    assert loader.make_resident(source, np.arange(40), "cpu", mode="on")[0] is not None
     assert loader.make_resident(source, np.arange(40), "cpu", mode="off") == (
         None, "features read from the cache per batch (resident off)")
     monkeypatch.setattr(loader, "_available_ram", lambda: need // 2)
