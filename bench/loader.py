@@ -14,13 +14,21 @@ rest of the run.
 
 With --cold, the cache file is evicted from the page cache first (posix_fadvise DONTNEED per file,
 no root needed; --drop-caches also drops every cache, as root), and the run prints the disk's
-random-read rate for item-sized reads (os.pread at the offsets of random items, 1 and 4 in
-flight, each after a fresh eviction), then the loader's batches/s per --window seconds from cold,
-and their ratio to the 4-in-flight probe (issue 18's target: 0.8), then the trainer's steps/s.
+random-read rate for item-sized reads (os.pread of an item's run of pages at random page-aligned
+offsets, 1 and 4 in flight, each after a fresh eviction), then the loader's batches/s per
+--window seconds, each window from cold (evicted again; --keep-cache: only at the start), the
+4-in-flight probe again, and the loader's ratio to the mean of the two 4-in-flight probes
+(issue 18's target: 0.8), then the trainer's steps/s. --lmdb-reads reads through LMDB's lookups
+instead of the direct path (os.preadv at offsets from LMDB's B-tree).
+
+With --resident, it compares the loader with features resident on --device (one float16 tensor,
+gathered by index) at CUB's and DeepFashion's shapes: each batch's cost on the consumer's side and
+the fed loop's steps/s, rounds interleaved.
 
     python bench/loader.py                    # CPU
     python bench/loader.py --device cuda      # on a GPU node
     python bench/loader.py --items 150000 --cold --dir /big/disk   # a cache larger than memory
+    python bench/loader.py --resident [--device cuda]               # resident features vs the loader
 
 Run from the repository root with the project installed (`pip install -e .`), as
 `python bench/loader.py`: it imports the project's packages as installed.
