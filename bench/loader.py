@@ -14,13 +14,21 @@ rest of the run.
 
 With --cold, the cache file is evicted from the page cache first (posix_fadvise DONTNEED per file,
 no root needed; --drop-caches also drops every cache, as root), and the run prints the disk's
-random-read rate for item-sized reads (os.pread at the offsets of random items, 1 and 4 in
-flight, each after a fresh eviction), then the loader's batches/s per --window seconds from cold,
-and their ratio to the 4-in-flight probe (issue 18's target: 0.8), then the trainer's steps/s.
+random-read rate for item-sized reads (os.pread of an item's run of pages at random page-aligned
+offsets, 1 and 4 in flight, each after a fresh eviction), then the loader's batches/s per
+--window seconds, each window from cold (evicted again; --keep-cache: only at the start), the
+4-in-flight probe again, and the loader's ratio to the mean of the two 4-in-flight probes
+(issue 18's target: 0.8), then the trainer's steps/s. --lmdb-reads reads through LMDB's lookups
+instead of the direct path (os.preadv at offsets from LMDB's B-tree).
+
+With --resident, it compares the loader with features resident on --device (one float16 tensor,
+gathered by index) at CUB's and DeepFashion's shapes: each batch's cost on the consumer's side and
+the fed loop's steps/s, rounds interleaved.
 
     python bench/loader.py                    # CPU
     python bench/loader.py --device cuda      # on a GPU node
     python bench/loader.py --items 150000 --cold --dir /big/disk   # a cache larger than memory
+    python bench/loader.py --resident [--device cuda]               # resident features vs the loader
 
 Run from the repository root with the project installed (`pip install -e .`), as
 `python bench/loader.py`: it imports the project's packages as installed.
@@ -65,7 +73,7 @@ def build(folder: Path, count: int) -> None:
         writer.finish()
 
 
-def dazle(device):
+def dazle(device, attributes: int = ATTRIBUTES, classes: int = CLASSES, seen: int = SEEN):
     import torch
 
     from harness.config import TrainConfig
@@ -73,9 +81,9 @@ def dazle(device):
 
     rng = np.random.default_rng(1)
     spec = MethodSpec(
-        class_semantics=torch.from_numpy(rng.random((CLASSES, ATTRIBUTES), dtype=np.float32)),
-        attribute_semantics=torch.from_numpy(rng.standard_normal((ATTRIBUTES, WORD_DIM), dtype=np.float32)),
-        seen_classes=torch.arange(SEEN), unseen_classes=torch.arange(SEEN, CLASSES),
+        class_semantics=torch.from_numpy(rng.random((classes, attributes), dtype=np.float32)),
+        attribute_semantics=torch.from_numpy(rng.standard_normal((attributes, WORD_DIM), dtype=np.float32)),
+        seen_classes=torch.arange(seen), unseen_classes=torch.arange(seen, classes),
         feature_dim=F, num_regions=R,
     )
     return build_method("dazle", spec, TrainConfig(device=str(device)), device)
@@ -184,14 +192,93 @@ def cold_reads(folder: Path, reader, endless, device, batch: int, args) -> float
             windows.append(n / (now - edge + args.window))
             print(f"  loader window {len(windows)} ({now - started:5.1f} s from cold): {windows[-1]:6.1f} batches/s "
                   f"= {windows[-1] / probe:.2f} of the probe", flush=True)
-            n, edge = 0, now + args.window
             if now - started >= args.cold_seconds:
                 break
+            if not args.keep_cache:  # every window from cold: no item read twice from memory
+                evict(folder, args.drop_caches, reader)
+            n, edge = 0, time.perf_counter() + args.window
     mean = float(np.mean(windows))
-    print(f"loader from cold, mean of {len(windows)} windows: {mean:.1f} batches/s; ratio loader / probe (4 in flight): "
-          f"{mean / probe:.2f} (target 0.8); first window {windows[0] / probe:.2f}, "
-          f"best {max(windows) / probe:.2f}", flush=True)
-    return probe
+    evict(folder, args.drop_caches, reader)  # the disk again, after the loader: the load drifts
+    after = pread_probe(spots[::-1], 4, args.window) / batch
+    print(f"  probe  pread {size / 1024:.0f} KiB at random offsets, 4 in flight, after the loader: "
+          f"{after * batch:7.0f} items/s = {after * batch * size / 2**20:6.0f} MiB/s = {after:6.1f} batches of {batch}/s",
+          flush=True)
+    reference = (probe + after) / 2
+    print(f"loader from cold, mean of {len(windows)} windows: {mean:.1f} batches/s; ratio loader / probe (4 in flight, "
+          f"mean of before and after, {reference:.1f} batches/s): {mean / reference:.2f} (target 0.8); against the probe "
+          f"before {mean / probe:.2f}, after {mean / after:.2f}; windows {min(windows) / reference:.2f}-"
+          f"{max(windows) / reference:.2f}", flush=True)
+    return reference
+
+
+# (name, attributes, classes, seen classes): the class-balanced batch has min(seen, 50) images
+RESIDENT_SHAPES = (("CUB", 312, 200, 150), ("DeepFashion", 1000, 46, 36))
+
+
+def resident_bench(reader, device, args) -> None:
+    """--resident: per-batch cost of the loader's read (and host copy) against a gather from the
+    resident tensor, and the fed loop's steps/s with each, at CUB's and DeepFashion's shapes; rounds
+    interleaved (the load on a shared host drifts), best round shown."""
+    import torch
+
+    from harness.data.sampling import ClassBalancedSampler
+    from harness.features.loader import PrefetchingBatches, make_resident
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    reader.read(np.arange(args.items))  # warm, as after an epoch: the loader's best case
+    t0 = time.perf_counter()
+    resident, why = make_resident(reader, np.arange(args.items), device, mode="on")
+    print(f"{why}; loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    if resident is None:
+        return
+    for name, attributes, classes, seen in RESIDENT_SHAPES:
+        labels = np.random.default_rng(2).integers(0, seen, args.items)
+        sampler = ClassBalancedSampler(labels, 50, seed=0)
+        batch = len(sampler.next_batch())
+
+        def endless(sampler=sampler):
+            while True:
+                yield sampler.next_batch()
+
+        def loader(kind):
+            return PrefetchingBatches(reader, endless(), device) if kind == "cache" else resident.batches(endless())
+
+        # the batch's cost on the consumer's side, nothing else running: read+check+copy vs gather
+        cost = {"cache": [], "resident": []}
+        for _ in range(3):
+            for kind in cost:
+                indices = [sampler.next_batch() for _ in range(20)]
+                if kind == "cache":
+                    buf = torch.empty((batch, F, R), dtype=torch.float32, pin_memory=device.type == "cuda")
+                    started = time.perf_counter()
+                    for idx in indices:
+                        reader.read_into(idx, buf)
+                        buf.to(device, non_blocking=True)
+                else:
+                    started = time.perf_counter()
+                    for idx in indices:
+                        resident.gather(idx)
+                sync()
+                cost[kind].append((time.perf_counter() - started) / len(indices) * 1e3)
+        method = dazle(device, attributes, classes, seen)
+        fed = {"cache": [], "resident": []}
+        for _ in range(args.rounds):
+            for kind in fed:
+
+                def steps(kind=kind, method=method, labels=labels, seen=seen):
+                    for positions, x in loader(kind):
+                        yield method.train_step(x, torch.from_numpy(labels[positions] % seen).to(device))
+
+                fed[kind].append(timed(steps(), args.seconds, sync))
+        print(f"{name} shape (A={attributes}, C={classes}, batch {batch}), {device}, torch threads "
+              f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}:")
+        print(f"  per batch: cache read + check + copy {min(cost['cache']):6.2f} ms, resident gather "
+              f"{min(cost['resident']):6.2f} ms: {min(cost['cache']) - min(cost['resident']):.2f} ms a batch removed "
+              f"(rounds {', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(cost['cache'], cost['resident'], strict=True))})")
+        print(f"  fed loop: cache {max(fed['cache']):6.2f} steps/s, resident {max(fed['resident']):6.2f} steps/s "
+              f"({max(fed['resident']) / max(fed['cache']):.2f}x; rounds "
+              f"{', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(fed['cache'], fed['resident'], strict=True))})",
+              flush=True)
 
 
 def main() -> int:
@@ -206,10 +293,19 @@ def main() -> int:
     p.add_argument("--window", type=float, default=10.0, help="--cold: seconds per window and per probe")
     p.add_argument("--cold-seconds", type=float, default=60.0, help="--cold: how long the loader reads")
     p.add_argument("--drop-caches", action="store_true", help="--cold: also drop all caches (root)")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="--cold: evict once at the start only (later windows then find items read before in memory)")
     p.add_argument("--no-readahead", action="store_true", help="open LMDB with readahead=False (MADV_RANDOM)")
     p.add_argument("--read-threads", type=int, default=None, help="the reader's threads (default: its own)")
     p.add_argument("--no-request-ahead", action="store_true",
                    help="read item by item as the loader did before (no MADV_WILLNEED for the batch)")
+    p.add_argument("--resident", action="store_true",
+                   help="compare features resident on --device (gathered by index) with the cache loader at "
+                        "CUB's and DeepFashion's shapes: per-batch cost and fed-loop steps/s")
+    p.add_argument("--rounds", type=int, default=3, help="--resident: interleaved rounds")
+    p.add_argument("--lmdb-reads", action="store_true",
+                   help="look items up through LMDB's map (the path before direct reads; implied where the "
+                        "offset table cannot be built)")
     args = p.parse_args()
 
     import torch
@@ -232,8 +328,16 @@ def main() -> int:
               file=sys.stderr)
         reader = open_store(folder)
         reader.request_ahead = not args.no_request_ahead
+        reader.direct_reads = not args.lmdb_reads
         if args.read_threads:
             reader.read_threads = args.read_threads
+        if args.cold:
+            evict(folder, args.drop_caches, reader)
+        t0 = time.perf_counter()
+        path = reader.read_path  # builds the offset table (direct reads) from LMDB's tree pages
+        print(f"read path: {path}" + (f" (offset table of {reader.stored} items in {time.perf_counter() - t0:.2f} s"
+                                      f"{' from cold' if args.cold else ''})" if path == "direct" else
+                                      f" ({reader.read_path_reason or '--lmdb-reads'})"), flush=True)
         labels = np.random.default_rng(2).integers(0, SEEN, args.items)
         sampler = ClassBalancedSampler(labels, 50, seed=0)
         batch = len(sampler.next_batch())
@@ -246,11 +350,15 @@ def main() -> int:
             for _, x in PrefetchingBatches(reader, endless(), device):
                 yield x
 
+        if args.resident:
+            resident_bench(reader, device, args)
+            return 0
         if args.cold:
             print(f"cold reads: {args.items} items, {sum(f.stat().st_size for f in data_files(folder)) / 2**30:.1f} "
                   f"GiB on disk, RAM {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB, "
                   f"check {'off' if args.no_verify else 'on'}, request-ahead {'off' if args.no_request_ahead else 'on'}, "
-                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}")
+                  f"read threads {reader.read_threads}, LMDB readahead {'off' if args.no_readahead else 'on'}, "
+                  f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             reader.verify_reads = not args.no_verify
             cold_reads(folder, reader, endless, device, batch, args)
             read_rates = {}
@@ -281,7 +389,7 @@ def main() -> int:
         print(f"DeepFashion shape: batch {batch} (36 seen classes x 1), F={F}, R={R}, A={ATTRIBUTES}, "
               f"device {device}, torch threads {torch.get_num_threads()}")
         for check, rates in read_rates.items():
-            print(f"  reads  (LMDB -> PrefetchingBatches -> {device}), CRC check {'on ' if check else 'off'}"
+            print(f"  reads  (cache -> PrefetchingBatches -> {device}), CRC check {'on ' if check else 'off'}"
                   f"  {max(rates):8.1f} batches/s  (rounds: {', '.join(f'{r:.1f}' for r in rates)})")
         if read_rates:
             on, off = max(read_rates[True]), max(read_rates[False])
