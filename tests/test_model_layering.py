@@ -1,7 +1,8 @@
-"""models/ and baselines/ stay plain PyTorch: imports point one way, functions stay short.
+"""models/ and baselines/ stay plain PyTorch, and functions stay short everywhere.
 
-They import torch, numpy, the standard library and each other, never the harness (which imports
-them); and no function in them is longer than 60 lines (from its `def` line to its last line).
+models/ and baselines/ import torch, numpy, the standard library and each other, never the harness
+(which imports them); and no function in harness/, models/, baselines/ or search_spaces/ is longer
+than 60 lines (from its `def` line to its last line): a longer one is a driver calling named steps.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for package in ("models", "baselines") for p in (ROOT / package).rglob("*.py"))
+SHORT_FUNCTIONS = sorted(p for package in ("harness", "models", "baselines", "search_spaces")
+                         for p in (ROOT / package).rglob("*.py"))
 ALLOWED = {"torch", "numpy", "models", "baselines", "__future__"}
 MAX_LINES = 60
 
@@ -35,7 +38,7 @@ def test_imports_only_torch_numpy_and_the_standard_library(path):
     assert not foreign, f"{path.relative_to(ROOT)} imports {sorted(foreign)}"
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(ROOT)) for p in SOURCES])
+@pytest.mark.parametrize("path", SHORT_FUNCTIONS, ids=[str(p.relative_to(ROOT)) for p in SHORT_FUNCTIONS])
 def test_no_function_over_60_lines(path):
     tree = ast.parse(path.read_text(), str(path))
     long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)

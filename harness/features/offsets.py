@@ -38,7 +38,7 @@ import os
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -111,7 +111,8 @@ def read_table(data_file: str | os.PathLike, expect: dict) -> ValueTable:
         os.close(fd)
 
 
-def _read_table(fd: int, expect: dict) -> ValueTable:
+def _checked_meta(fd: int, expect: dict) -> tuple[int, dict]:
+    """(page size, the main database's record) of the newest meta page, checked against LMDB's own view."""
     first = _meta(fd, 0)
     psize = first["page_size"]
     if psize != expect["psize"]:
@@ -125,8 +126,51 @@ def _read_table(fd: int, expect: dict) -> ValueTable:
             raise TableUnavailable(f"{name} {ours} in the meta page, LMDB reports {lmdbs} (written since opened?)")
     if main["flags"]:  # dupsort, integer or reverse keys...: not what the store writes
         raise TableUnavailable(f"main database flags {main['flags']:#x} (expected plain keys and values)")
-    keys, offsets, lengths, overflow = [], [], [], []
-    nodes = 0
+    return psize, main
+
+
+@dataclass
+class _Entries:
+    """The leaf entries found so far, in key order."""
+
+    keys: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)
+    lengths: list = field(default_factory=list)
+    overflow: list = field(default_factory=list)
+    nodes: int = 0
+
+    def add_leaf(self, page: bytes, pgno: int, psize: int, ptrs: tuple) -> None:
+        base = pgno * psize
+        self.nodes += len(ptrs)
+        for ptr in ptrs:
+            lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, ptr)
+            if nflags & (F_SUBDATA | F_DUPDATA):
+                raise TableUnavailable(f"page {pgno}: a sub-database or duplicate values")
+            key = page[ptr + NODE_HEADER: ptr + NODE_HEADER + ksize]
+            if ksize != 8:  # the metadata record
+                continue
+            self.keys.append(key)
+            self.lengths.append(lo | hi << 16)
+            at = ptr + NODE_HEADER + ksize
+            if nflags & F_BIGDATA:
+                self.offsets.append(struct.unpack_from("<Q", page, at)[0] * psize + PAGE_HEADER)
+                self.overflow.append(True)
+            else:
+                self.offsets.append(base + at)
+                self.overflow.append(False)
+
+
+def _branch_children(page: bytes, ptrs: tuple) -> list[int]:
+    children = []
+    for ptr in ptrs:
+        lo, hi, high = struct.unpack_from("<HHH", page, ptr)
+        children.append(lo | hi << 16 | high << 32)
+    return children
+
+
+def _walk(fd: int, psize: int, main: dict) -> _Entries:
+    """Every leaf entry of the main tree, level by level, reading only branch and leaf pages."""
+    entries = _Entries()
     level = [main["root"]] if main["entries"] else []
     depth = 0
     with ThreadPoolExecutor(_IN_FLIGHT) as pool:
@@ -141,40 +185,28 @@ def _read_table(fd: int, expect: dict) -> ValueTable:
                 if got != pgno or lower < PAGE_HEADER or lower > psize:
                     raise TableUnavailable(f"page {pgno}: header says page {got}, lower {lower}")
                 ptrs = struct.unpack_from(f"<{(lower - PAGE_HEADER) // 2}H", page, PAGE_HEADER)
-                if flags & (P_BRANCH | P_LEAF | P_LEAF2) == P_BRANCH:
-                    for ptr in ptrs:
-                        lo, hi, high = struct.unpack_from("<HHH", page, ptr)
-                        level.append(lo | hi << 16 | high << 32)
-                elif flags & (P_BRANCH | P_LEAF | P_LEAF2) == P_LEAF:
+                kind = flags & (P_BRANCH | P_LEAF | P_LEAF2)
+                if kind == P_BRANCH:
+                    level.extend(_branch_children(page, ptrs))
+                elif kind == P_LEAF:
                     if depth != main["depth"]:
                         raise TableUnavailable(f"leaf page {pgno} at depth {depth} of {main['depth']}")
-                    base = pgno * psize
-                    nodes += len(ptrs)
-                    for ptr in ptrs:
-                        lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, ptr)
-                        if nflags & (F_SUBDATA | F_DUPDATA):
-                            raise TableUnavailable(f"page {pgno}: a sub-database or duplicate values")
-                        key = page[ptr + NODE_HEADER: ptr + NODE_HEADER + ksize]
-                        if ksize != 8:  # the metadata record
-                            continue
-                        keys.append(key)
-                        lengths.append(lo | hi << 16)
-                        at = ptr + NODE_HEADER + ksize
-                        if nflags & F_BIGDATA:
-                            offsets.append(struct.unpack_from("<Q", page, at)[0] * psize + PAGE_HEADER)
-                            overflow.append(True)
-                        else:
-                            offsets.append(base + at)
-                            overflow.append(False)
+                    entries.add_leaf(page, pgno, psize, ptrs)
                 else:
                     raise TableUnavailable(f"page {pgno}: flags {flags:#x}, expected a branch or leaf page")
-    if nodes != main["entries"]:
-        raise TableUnavailable(f"{nodes} entries in the leaf pages, {main['entries']} in the meta page")
+    return entries
+
+
+def _read_table(fd: int, expect: dict) -> ValueTable:
+    psize, main = _checked_meta(fd, expect)
+    entries = _walk(fd, psize, main)
+    if entries.nodes != main["entries"]:
+        raise TableUnavailable(f"{entries.nodes} entries in the leaf pages, {main['entries']} in the meta page")
     out = ValueTable(
-        keys=np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64),
-        offsets=np.array(offsets, dtype=np.int64),
-        lengths=np.array(lengths, dtype=np.int64),
-        overflow=np.array(overflow, dtype=bool),
+        keys=np.frombuffer(b"".join(entries.keys), dtype=">u8").astype(np.int64),
+        offsets=np.array(entries.offsets, dtype=np.int64),
+        lengths=np.array(entries.lengths, dtype=np.int64),
+        overflow=np.array(entries.overflow, dtype=bool),
         page_size=psize,
     )
     size = os.fstat(fd).st_size

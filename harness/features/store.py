@@ -555,8 +555,16 @@ class FeatureStoreReader:
             raise
 
     def _open_envs(self) -> None:
+        """Open every shard, set the read settings, check the metadata, then find every item."""
         self._pid = os.getpid()
         self._local = threading.local()
+        self._acquire_shards()
+        self._read_settings()
+        self._check_metadata()
+        self._read_shape()
+        self._locate_items()
+
+    def _acquire_shards(self) -> None:
         self.envs, self.shard_dirs, self.shard_meta = [], [], []
         for path in _find_shard_dirs(self.folder):
             env = _acquire(path, lock=self._lock)
@@ -569,6 +577,8 @@ class FeatureStoreReader:
             self.shard_meta.append(meta)
         if not self.envs:
             raise InputError(f"{self.folder}: not a feature cache (no shard-I-of-N LMDB environment in it)")
+
+    def _read_settings(self) -> None:
         self.release_every = RELEASE_EVERY_ITEMS
         self._since_release = 0
         # Every read checks each item's CRC32 (bench/loader.py --no-verify measures the cost).
@@ -589,6 +599,9 @@ class FeatureStoreReader:
         self._direct_lock = threading.Lock()
         self.read_path_reason: str | None = None
         self._ranges = [r for d in self.shard_dirs for r in _map_ranges(d / "data.mdb")]
+
+    def _check_metadata(self) -> None:
+        """Shards agree with each other, the format is known, and the cache is the one asked for."""
         dirs = self.shard_dirs
         self.metadata = dict(self.shard_meta[0])
         for path, meta in zip(dirs[1:], self.shard_meta[1:], strict=True):
@@ -604,6 +617,8 @@ class FeatureStoreReader:
                 f"{self.folder} was built with other settings: {'; '.join(diff)}; build the cache you asked "
                 f"for with: {_command_for({**self.metadata, **self._expect})}"
             )
+
+    def _read_shape(self) -> None:
         shape = self.metadata["shape"]
         self.shape = tuple(shape)
         self.feature_dim = int(shape[0])
@@ -614,6 +629,8 @@ class FeatureStoreReader:
         self.skipped: dict[int, str] = {}
         for meta in self.shard_meta:
             self.skipped.update({int(k): v for k, v in meta.get("skipped", {}).items()})
+
+    def _locate_items(self) -> None:
         # Which environment holds each item (-1: absent). Complete shards of one layout follow the
         # rule i % N == I, checked by counting entries; otherwise the keys are scanned, which touches
         # a page of every item (slow on a cold cache), so it is left to builds and `info`.
@@ -627,6 +644,7 @@ class FeatureStoreReader:
         self.missing = self.missing[~np.isin(self.missing, list(self.skipped))]
         if self.missing.size and not self._allow_incomplete:
             raise IncompleteCacheError(self._incomplete_message())
+
 
     def _where_by_rule(self) -> np.ndarray | None:
         layouts = [tuple(meta.get("shard", (0, 1))) for meta in self.shard_meta]
