@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -20,10 +21,11 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from harness import tracking
 from harness.search.space import ResolvedSpace, same_point
-from harness.search.trial import PASS, TrialContext, run_trial
+from harness.search.trial import CHECKPOINT_ONLY, PASS, TrialContext, run_trial
 
 METRIC, MODE = "val_H", "max"
 
@@ -180,22 +182,34 @@ class TunePlan:
         return self.storage / self.name
 
 
+CHECKPOINT_INTERVAL_ENV = "HARNESS_CHECKPOINT_INTERVAL_S"  # seconds between a trial's checkpoints (driver's env)
+
+
 def trainable(plan: TunePlan):
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     ctx = replace(plan.context, report_passes=plan.report_passes)
+    if os.environ.get(CHECKPOINT_INTERVAL_ENV):
+        ctx = replace(ctx, checkpoint_interval_s=float(os.environ[CHECKPOINT_INTERVAL_ENV]))
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+class CheckpointAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips a trial's checkpoint-only reports (they repeat a pass, or carry none yet)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get(CHECKPOINT_ONLY):
+            super().on_trial_result(trial_id, result)
 
 
 def searcher(plan: TunePlan):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(
         seed=plan.seed, n_startup_trials=min(10, max(2, plan.num_samples // 3)), multivariate=True,
         constant_liar=True,
     )
-    return OptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
+    return CheckpointAwareOptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
                         points_to_evaluate=[dict(plan.space.defaults)], sampler=sampler)
 
 

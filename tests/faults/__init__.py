@@ -472,3 +472,29 @@ def check_search_records(storage: Path, uri: str, num_samples: int, model: str =
         assert r.status == "KILLED" and r.tags.get("ended_by"), (r.name, r.status, r.tags.get("ended_by"))
     return {"ray_trials": len(ray), "optuna_trials": len(opt), "mlflow_trial_runs": len(trials),
             "orphaned_runs_killed": len(orphans)}
+
+
+# ---------------------------------------------------------------- a trial's metrics without the fault
+
+
+def uninterrupted_history(storage: Path, params: dict, model: str = "dazle") -> list[dict[str, float]]:
+    """The per-pass history of the same trial (same settings, parameters, seed, thread count, sealed
+    dataset) fitted in this process without interruption: what a killed and resumed trial must match."""
+    import json
+    from dataclasses import asdict
+
+    from harness.search.settings import SearchSettings
+    from harness.search.space import trial_config
+    from harness.search.trial import sealed_dataset
+    from harness.trainer import fit, resolve_dataset
+
+    settings = SearchSettings(**json.loads((storage / "search.json").read_text())["settings"])
+    base = asdict(settings.base_config(model, "search", settings.seed))
+    config = trial_config(base, params)
+    return fit(config, sealed_dataset(resolve_dataset(config))).history
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
