@@ -137,6 +137,13 @@ class SigtermAsInterrupt:
 TERM = SigtermAsInterrupt()
 
 
+def _disk_full() -> tuple[str, int] | None:
+    """(folder, free bytes) when harness.search.tune's disk guard stopped the search."""
+    tune_module = sys.modules.get("harness.search.tune")
+    full = getattr(tune_module, "DISK_FULL", None)
+    return next(iter(full.items())) if full else None
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     TERM.install()
@@ -169,6 +176,17 @@ def main(args: argparse.Namespace) -> int:
     except SearchFailed as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        full = _disk_full()
+        if full:  # the disk guard stopped the search, not the user
+            folder, free = full
+            raise InputError(
+                f"--storage {state.folder}: the disk of {folder} is nearly full ({free / 2**20:.1f} MB free, "
+                f"below the {os.environ.get('HARNESS_MIN_FREE_MB', '64')} MB reserve, HARNESS_MIN_FREE_MB); the "
+                f"search stopped and its state is kept: free space, then resume with python -m {PROG} "
+                f"--dataset {settings.dataset} --storage {state.folder} --resume"
+            ) from None
+        raise
     except Exception as err:
         if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
             raise

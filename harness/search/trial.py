@@ -31,6 +31,7 @@ concurrent trials about a third of their throughput (bench/search.py, docs/perfo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import socket
@@ -237,6 +238,11 @@ def _read_state(checkpoint) -> tuple[dict[str, Any], TrainState | None]:
         return (json.loads(path.read_text()) if path.exists() else {}), load_train_state(folder)
 
 
+def no_space(err: BaseException) -> bool:
+    """An OSError (or pyarrow's IOError) saying the disk is full."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
 def _stop_key() -> str:
     import ray
 
@@ -341,7 +347,15 @@ class TrialReporter:
             meta = {"iteration": self.iteration, "epoch": epoch, "step": global_step, "run_id": self.ref.run_id,
                     "last_result": self.last_result}
             (Path(folder) / STATE_FILE).write_text(json.dumps(meta))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            try:
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            except OSError as err:
+                if not no_space(err):
+                    raise
+                # The search folder is full: Tune did not register this checkpoint (the previous one
+                # stays the one to resume from); the pass still reaches ASHA, and the driver's disk
+                # guard stops the search with one line naming the folder.
+                tune.report(result)
 
     def _stop_asked(self, now: float) -> bool:
         if self.stop_checkpointed or now - self.last_stop_poll < self.STOP_POLL_S:

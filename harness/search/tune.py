@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import signal
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,56 @@ class TrialRunsCallback(tune.Callback):
         for ref in self._runs(trial):
             tracking.set_tags(ref, {"ended_by": "driver: trial error", "error": message[:5000]})
             tracking.end_run(ref, "FAILED")
+
+
+MIN_FREE_ENV = "HARNESS_MIN_FREE_MB"  # free space the search folder and artifact folder must keep (default 64)
+DISK_FULL: dict[str, int] = {}  # folder -> free bytes, set by DiskSpaceGuard when it stopped the search
+
+
+class DiskSpaceGuard(tune.Callback):
+    """Stops the search, as Ctrl+C does, while the folders it writes still hold `min_free` bytes.
+
+    A disk that fills to the last byte truncates what Tune rewrites in place (the experiment state,
+    result files: a resume then trips on them), so the driver stops first and keeps the reserve for
+    Tune's last experiment state; the CLI turns the stop into one line naming the folder
+    (`DISK_FULL`). Checked at most every `interval_s` from Tune's loop, in the driver.
+    """
+
+    def __init__(self, folders: list[str], min_free: int, interval_s: float = 0.5) -> None:
+        self.folders, self.min_free, self.interval_s = list(folders), int(min_free), interval_s
+        self._checked = -math.inf
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if DISK_FULL or now - self._checked < self.interval_s:
+            return
+        self._checked = now
+        for folder in self.folders:
+            free = shutil.disk_usage(_existing(folder)).free
+            if free < self.min_free:
+                DISK_FULL[folder] = free
+                os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and returns, as on Ctrl+C
+                return
+
+
+def _existing(folder: str) -> str:
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+def guarded_folders(plan: TunePlan) -> list[str]:
+    """The search folder and, for a store with local artifacts, the artifact folder."""
+    folders = [str(plan.storage)]
+    location = tracking._artifact_location(plan.context.tracking_uri)
+    if location and location.startswith("file://"):
+        folders.append(location.removeprefix("file://"))
+    return folders
+
+
+def disk_space_guard(plan: TunePlan) -> DiskSpaceGuard:
+    return DiskSpaceGuard(guarded_folders(plan), int(float(os.environ.get(MIN_FREE_ENV, 64)) * 2**20))
 
 
 class ProgressCallback(tune.Callback):
@@ -229,7 +282,7 @@ def build_tuner(plan: TunePlan) -> tune.Tuner:
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=[TrialRunsCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.max_t),
-                   ProgressCallback(plan.num_samples, f"search {plan.space.model}")],
+                   ProgressCallback(plan.num_samples, f"search {plan.space.model}"), disk_space_guard(plan)],
         verbose=0,
     )
     tune_config = tune.TuneConfig(
