@@ -188,6 +188,14 @@ def main(args: argparse.Namespace) -> int:
             ) from None
         raise
     except Exception as err:
+        if "database is locked" in str(err) and state.tracking_uri.startswith("sqlite:"):
+            raise InputError(
+                f"--tracking-uri {state.tracking_uri}: SQLite stayed locked after its retries with "
+                f"{settings.max_concurrent or 'many'} trials writing at once; use an MLflow server "
+                f"(--tracking-uri http://HOST:PORT, docs/cluster.md) or a lower --max-concurrent; the search's "
+                f"state is kept: resume with python -m {PROG} --dataset {settings.dataset} --storage {state.folder} "
+                "--resume"
+            ) from err
         if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
             raise
         raise InputError(

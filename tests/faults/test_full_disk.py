@@ -30,7 +30,7 @@ from faults import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
 SEARCH = "harness.search"
-NUM_SAMPLES, EPOCHS = 3, 30
+NUM_SAMPLES, EPOCHS = 2, 30
 DISK_MB, RESERVE_MB, LEFT_MB = 24, 8, 4
 ENV = {"HARNESS_MIN_FREE_MB": str(RESERVE_MB), "HARNESS_CHECKPOINT_INTERVAL_S": "0.5"}
 
