@@ -13,22 +13,13 @@ Trials ask for a quarter of a CPU (`--cpus-per-trial 0.25`) so that 8 or 16 run 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from faults import (
-    PYTHON,
-    Spawned,
-    cli_env,
-    make_tiny_cub,
-    mlflow_records,
-    ray_trials,
-    searcher_trials,
-)
+from faults import PYTHON, Spawned, check_every_trial, cli_env, make_tiny_cub
 
 SEARCH = "harness.search"
 
@@ -67,30 +58,6 @@ def _metric_values(db: Path) -> int:
         return int(con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0])
 
 
-def _check_search(storage: Path, uri: str, num_samples: int, parent_name: str | None = None) -> dict:
-    """Every trial of one search accounted for once, every pass it ran logged once, nothing RUNNING."""
-    ray = ray_trials(storage / "dazle")
-    assert len(ray) == num_samples and all(t.status == "TERMINATED" for t in ray.values()), \
-        {t: (r.status, r.error) for t, r in ray.items()}
-    opt = searcher_trials(storage / "dazle")
-    assert len(opt) == num_samples and all(t.state == "COMPLETE" for t in opt), [t.state for t in opt]
-    parent = json.loads((storage / "search.json").read_text())["models"]["dazle"]["parent_run_id"]
-    runs = [r for r in mlflow_records(uri) if r.kind == "trial" and r.tags.get("mlflow.parentRunId") == parent]
-    assert not [r for r in mlflow_records(uri) if r.status == "RUNNING"]
-    by_trial: dict[str, list] = {}
-    for r in runs:
-        by_trial.setdefault(r.trial_id, []).append(r)
-    assert set(by_trial) == set(ray), (sorted(by_trial), sorted(ray))
-    epochs = 0
-    for tid, mine in by_trial.items():
-        assert len(mine) == 1 and mine[0].status == "FINISHED", (tid, [(r.name, r.status) for r in mine])
-        steps = mine[0].steps["val_H"]
-        assert steps == list(range(1, ray[tid].iterations + 1)), f"trial {tid}: passes logged {steps}"
-        epochs += len(steps)
-    return {"ray_trials": len(ray), "optuna_complete": len(opt), "mlflow_trial_runs": len(runs),
-            "epochs_logged": epochs, "lost": 0, "duplicated": 0, "left_running": 0}
-
-
 def _run_searches(tmp_path, cub, cache, plans: list[tuple[int, int]], fault_log, label: str) -> None:
     """Run one search per (num_samples, concurrent) at once into one SQLite store; check and log each."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -112,7 +79,7 @@ def _run_searches(tmp_path, cub, cache, plans: list[tuple[int, int]], fault_log,
     for (storage, num, concurrent, s), code in zip(searches, codes, strict=True):
         assert code == 0, s.stderr()[-4000:]
         assert "database is locked" not in s.stderr() + s.stdout(), s.stderr()[-3000:]
-        counts = _check_search(storage, uri, num)
+        counts = check_every_trial(storage, uri, num)
         fault_log(load=label, store="sqlite", trials=num, concurrent=concurrent, searches_at_once=len(plans),
                   seconds=round(seconds, 1), **counts)
     values = _metric_values(tmp_path / "mlflow.db")
