@@ -38,7 +38,7 @@ from faults.conftest import free_port
 
 pytestmark = pytest.mark.slow
 SEARCH = "harness.search"
-NUM_SAMPLES, EPOCHS = 2, 30
+NUM_SAMPLES, EPOCHS = 2, 60
 # The head's GCS declares a silent node dead after 3 missed 1 s health checks (Ray's default: ~30 s).
 HEAD_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
             "RAY_health_check_timeout_ms": "1000"}
