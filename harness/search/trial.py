@@ -256,13 +256,6 @@ def request_stop() -> None:
     internal_kv._internal_kv_put(_stop_key(), b"1", overwrite=True)
 
 
-def clear_stop() -> None:
-    from ray.experimental import internal_kv
-
-    with contextlib.suppress(Exception):
-        internal_kv._internal_kv_del(_stop_key())
-
-
 def stop_requested() -> bool:
     """Trial side: whether the driver asked for a last checkpoint (False when Ray cannot say)."""
     from ray.experimental import internal_kv
