@@ -35,7 +35,7 @@ from faults import (
 
 pytestmark = pytest.mark.slow
 SEARCH = "harness.search"
-NUM_SAMPLES, EPOCHS = 2, 60
+NUM_SAMPLES, EPOCHS = 2, 200
 ENV = {"HARNESS_SIGTERM_GRACE_S": "2", "HARNESS_CHECKPOINT_INTERVAL_S": "100000"}
 
 
