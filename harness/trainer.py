@@ -5,15 +5,26 @@ Search stage: fit on the train classes, report validation GZSL (held-out train-c
 "seen", validation classes as "unseen") every epoch, never touch a test image.
 Final stage: fit on trainval for the fixed number of epochs (nothing is selected on test), then
 evaluate once on test_seen / test_unseen.
+
+A fit can be checkpointed after any step and resumed from it (`fit(..., checkpoint=, resume=)`):
+the state (`TrainState`) is the method's (module, optimiser, running sums), the sampler's random
+state at the epoch's start plus the steps the trainer consumed, the torch and numpy random states,
+the epoch's losses so far and the history. On the same host and thread count a resumed fit ends
+with exactly the metrics of the uninterrupted one (tests/test_trainer_resume.py).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +50,56 @@ Reporter = Callable[[dict[str, float]], None]
 # Called after every training step with the method and the step's number (1-based, over all
 # epochs). Only the diagnostic harness.reproduce.protocol passes one; fit's result is unchanged.
 StepCallback = Callable[[ZSLMethod, int], None]
+
+
+TRAIN_STATE_TENSORS, TRAIN_STATE_JSON = "train_state.pt", "train_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a fit is, as the trainer consumed it (not as the prefetcher read ahead)."""
+
+    epoch: int  # the epoch in progress, 1-based
+    step: int  # its steps done; == steps per epoch: the epoch ended, its end-of-epoch work done
+    global_step: int
+    method: dict  # method.save_state(): tensors and plain containers
+    sampler: dict  # the sampler's random state at the epoch's start (JSON)
+    losses: list[float]  # the epoch's losses so far (a report carries their mean)
+    history: list[dict[str, float]]
+    torch_rng: torch.Tensor
+    numpy_rng: list  # np.random.get_state() as plain lists
+
+
+def save_train_state(state: TrainState, folder: str | Path) -> None:
+    """Tensors to train_state.pt (torch.save), the rest to train_state.json; each file written
+    whole (temp file + rename), the JSON last, so a folder with the JSON holds both."""
+    folder = Path(folder)
+    tensors = {"method": state.method, "torch_rng": state.torch_rng}
+    plain = {"epoch": state.epoch, "step": state.step, "global_step": state.global_step, "sampler": state.sampler,
+             "losses": state.losses, "history": state.history, "numpy_rng": state.numpy_rng}
+    for name, write in ((TRAIN_STATE_TENSORS, lambda f: torch.save(tensors, f)),
+                        (TRAIN_STATE_JSON, lambda f: f.write(json.dumps(plain).encode()))):
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, folder / name)
+
+
+def load_train_state(folder: str | Path) -> TrainState | None:
+    """The state `save_train_state` wrote in `folder`, or None when it holds none (an older checkpoint)."""
+    folder = Path(folder)
+    if not (folder / TRAIN_STATE_JSON).is_file():
+        return None
+    plain = json.loads((folder / TRAIN_STATE_JSON).read_text())
+    tensors = torch.load(folder / TRAIN_STATE_TENSORS, map_location="cpu", weights_only=True)
+    return TrainState(epoch=plain["epoch"], step=plain["step"], global_step=plain["global_step"],
+                      method=tensors["method"], sampler=plain["sampler"], losses=plain["losses"],
+                      history=plain["history"], torch_rng=tensors["torch_rng"], numpy_rng=plain["numpy_rng"])
+
+
+# Called after every training step (after its validation pass, if any) with the epoch, the global
+# step and a function that builds the TrainState (only when the hook decides to save one).
+StepHook = Callable[[int, int, Callable[[], TrainState]], None]
 
 
 class DivergenceError(RuntimeError):
@@ -73,9 +134,15 @@ class SequentialPass:
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.num_images / self.batch_size))
 
-    def epoch(self) -> Iterator[np.ndarray]:
-        for start in range(0, self.num_images, self.batch_size):
+    def epoch(self, start_step: int = 0) -> Iterator[np.ndarray]:
+        for start in range(start_step * self.batch_size, self.num_images, self.batch_size):
             yield np.arange(start, min(start + self.batch_size, self.num_images))
+
+    def state(self) -> dict[str, Any]:
+        return {}  # the order is fixed: the step alone says where an epoch is
+
+    def load_state(self, state: dict[str, Any], consumed: int) -> None:
+        pass
 
 
 def make_sampler(method: ZSLMethod, labels: np.ndarray, config: TrainConfig):
@@ -237,6 +304,7 @@ class _FitRun:
     prefix: str  # "val_" or "test_"
     history: list[dict[str, float]] = field(default_factory=list)
     last_eval: tuple[GZSLMetrics, SeenUnseenCurve, dict] | None = None
+    on_step: StepCallback | None = None  # the protocol diagnostic's per-step hook
 
 
 def _prepare(config: TrainConfig, dataset: GZSLDataset | None, progress: bool) -> _FitRun:
@@ -296,25 +364,53 @@ def _end_final_epoch(run: _FitRun, epoch: int, losses: list[float], reporter: Re
         reporter(record)
 
 
-def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar, on_step: StepCallback | None = None
-                 ) -> None:
-    losses: list[float] = []
-    batches = PrefetchingBatches(run.view.features, run.sampler.epoch(), run.device, index_of=run.view.fit_indices)
-    for step, (positions, x) in enumerate(batches, start=1):
+def _train_state(run: _FitRun, epoch: int, step: int, losses: list[float]) -> TrainState:
+    keys, *rest = np.random.get_state(legacy=True)[1:]
+    return TrainState(
+        epoch=epoch, step=step, global_step=(epoch - 1) * run.steps + step, method=run.method.save_state(),
+        sampler=run.sampler.state(), losses=list(losses), history=[dict(h) for h in run.history],
+        torch_rng=torch.get_rng_state(), numpy_rng=["MT19937", keys.tolist(), *[float(v) for v in rest]],
+    )
+
+
+def _restore(run: _FitRun, state: TrainState) -> tuple[int, int, list[float] | None]:
+    """Load a checkpoint into a freshly prepared fit; (epoch, step done in it, its losses) to go on from."""
+    if not 1 <= state.epoch <= run.epochs or not 0 <= state.step <= run.steps:
+        raise ValueError(f"checkpoint at epoch {state.epoch}, step {state.step} does not fit this run "
+                         f"({run.epochs} epochs of {run.steps} steps)")
+    run.method.load_state(state.method)
+    run.sampler.load_state(state.sampler, state.step)
+    torch.set_rng_state(state.torch_rng)
+    name, keys, pos, has_gauss, cached = state.numpy_rng
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    run.history = [dict(h) for h in state.history]
+    if state.step == run.steps:
+        return state.epoch + 1, 0, None
+    return state.epoch, state.step, list(state.losses)
+
+
+def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar, hook: StepHook | None = None,
+                 start_step: int = 0, losses: list[float] | None = None) -> None:
+    losses = losses if losses is not None else []
+    batches = PrefetchingBatches(run.view.features, run.sampler.epoch(start_step), run.device,
+                                 index_of=run.view.fit_indices)
+    for step, (positions, x) in enumerate(batches, start=start_step + 1):
         y = torch.from_numpy(run.view.fit_labels[positions]).to(run.device)
         loss = run.method.train_step(x, y)["loss"]
         if not math.isfinite(loss):
             raise DivergenceError(epoch, (epoch - 1) * run.steps + step, loss)
         losses.append(loss)
-        if on_step is not None:
-            on_step(run.method, (epoch - 1) * run.steps + step)
+        if run.on_step is not None:
+            run.on_step(run.method, (epoch - 1) * run.steps + step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
         if run.config.stage == "search" and (step % run.report_every == 0 or step == run.steps):
             _validation_pass(run, epoch, step, losses, reporter, bar)
-    if run.config.stage == "final":
-        _end_final_epoch(run, epoch, losses, reporter)
+        if run.config.stage == "final" and step == run.steps:
+            _end_final_epoch(run, epoch, losses, reporter)
+        if hook is not None:
+            hook(epoch, (epoch - 1) * run.steps + step, functools.partial(_train_state, run, epoch, step, losses))
 
 
 def _final_metrics(run: _FitRun) -> tuple[dict[str, float], SeenUnseenCurve, dict]:
@@ -343,21 +439,30 @@ def fit(
     reporter: Reporter | None = None,
     progress: bool = False,
     on_step: StepCallback | None = None,
+    checkpoint: StepHook | None = None,
+    resume: TrainState | None = None,
 ) -> FitResult:
     """Train `config.model` on the view of `config.stage` and return the protocol metrics.
 
     `reporter` receives a metrics dict after every validation pass (each epoch, or
     `reports_per_epoch` times an epoch), which is what ASHA schedules on; in the final stage it
-    receives the loss after each epoch. `on_step` (optional) is called after every training
-    step with the method and the step number; it must not train the method.
+    receives the loss after each epoch. `checkpoint` is called after every step (see StepHook);
+    `resume` continues from a TrainState it saved, running only the steps after it. `on_step`
+    (optional) is called after every training step with the method and the step number; it must
+    not train the method.
     """
     config.validate()
     started = time.perf_counter()
     run = _prepare(config, dataset, progress)
+    run.on_step = on_step
+    start_epoch, start_step, losses = _restore(run, resume) if resume is not None else (1, 0, None)
     bar = _progress_bar(run, progress)
+    if bar is not None:
+        bar.update((start_epoch - 1) * run.steps + start_step)
     try:
-        for epoch in range(1, run.epochs + 1):
-            _train_epoch(run, epoch, reporter, bar, on_step)
+        for epoch in range(start_epoch, run.epochs + 1):
+            first = epoch == start_epoch
+            _train_epoch(run, epoch, reporter, bar, checkpoint, start_step if first else 0, losses if first else None)
     finally:
         if bar is not None:
             bar.close()

@@ -3,7 +3,9 @@
 A method is built from a `MethodSpec` (class semantics, word vectors, seen/unseen classes of
 the split view, feature shape) and a TrainConfig, and then driven by harness.trainer.fit:
 `train_step` on each class-balanced batch, `end_epoch` after each epoch (closed-form methods
-solve there), `scores` for evaluation. Adding a method = one module, named as the method, that
+solve there), `scores` for evaluation, `save_state`/`load_state` for a checkpoint mid-run (what
+a restored trial continues from: the module's and the optimiser's state, tensors and plain
+containers only, so it loads with `torch.load(weights_only=True)`). Adding a method = one module, named as the method, that
 registers a builder. Importing this package imports no torch: `indexed_methods()` lists the
 method modules without importing them (for `--help`); running imports them (`list_methods()`).
 """
@@ -55,6 +57,24 @@ class ZSLMethod(Protocol):
     def prediction_margin(self) -> Tensor | None:
         """Added to scores before the GZSL arg-max (DAZLE's eq. 13); None for no margin."""
         ...
+
+    def save_state(self) -> dict:
+        """Everything the next `train_step` depends on: module, optimiser, running sums, counters."""
+        ...
+
+    def load_state(self, state: dict) -> None:
+        """Restore `save_state()`'s dict into a method built with the same spec and config."""
+        ...
+
+
+def module_and_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The state of a gradient-trained method: its module's and its optimiser's state dicts."""
+    return {"module": module.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def load_module_and_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
 
 
 Builder = Callable[[MethodSpec, TrainConfig, "torch.device"], ZSLMethod]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from harness.config import TrainConfig
-from harness.methods import MethodSpec, register_method
+from harness.methods import MethodSpec, load_module_and_optimizer, module_and_optimizer_state, register_method
 from models.dazle import DAZLE
 from models.losses import dazle_loss
 
@@ -56,6 +56,12 @@ class DAZLEMethod:
 
     def end_epoch(self) -> None:
         pass
+
+    def save_state(self) -> dict:
+        return module_and_optimizer_state(self.module, self.optimizer)
+
+    def load_state(self, state: dict) -> None:
+        load_module_and_optimizer(self.module, self.optimizer, state)
 
     @torch.no_grad()
     def scores(self, features: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from baselines.devise import DeViSE, hinge_rank_loss
 from harness.config import TrainConfig
-from harness.methods import MethodSpec, register_method
+from harness.methods import MethodSpec, load_module_and_optimizer, module_and_optimizer_state, register_method
 
 
 class DeViSEMethod:
@@ -42,6 +42,12 @@ class DeViSEMethod:
 
     def end_epoch(self) -> None:
         pass
+
+    def save_state(self) -> dict:
+        return module_and_optimizer_state(self.module, self.optimizer)
+
+    def load_state(self, state: dict) -> None:
+        load_module_and_optimizer(self.module, self.optimizer, state)
 
     @torch.no_grad()
     def scores(self, features: Tensor) -> Tensor:

@@ -54,6 +54,21 @@ class ESZSLMethod:
             self.module.solve()
             self._solved_at = self.module.num_accumulated
 
+    def save_state(self) -> dict:
+        # The running sums are not in the module's state_dict (a trained ESZSL is V alone), but a
+        # checkpoint taken mid-pass needs them to finish the pass.
+        m = self.module
+        return {"module": m.state_dict(), "xx": m.xx.clone(), "xy": m.xy.clone(),
+                "num_accumulated": m.num_accumulated, "solved_at": self._solved_at, "epoch_done": self._epoch_done}
+
+    def load_state(self, state: dict) -> None:
+        m = self.module
+        m.load_state_dict(state["module"])
+        m.xx.copy_(state["xx"])
+        m.xy.copy_(state["xy"])
+        m.num_accumulated = int(state["num_accumulated"])
+        self._solved_at, self._epoch_done = int(state["solved_at"]), bool(state["epoch_done"])
+
     @torch.no_grad()
     def scores(self, features: Tensor) -> Tensor:
         # Mid-epoch validation reports (reports_per_epoch > 1) see the fit on the images so far.

@@ -12,13 +12,21 @@ models. The package's modules: settings (the options), space (spaces -> Optuna),
 trainable), tune (Tuner, scheduler, callbacks), driver (one model's search), final (retrain +
 test), state (the folder), report (tables), legacy (old module names for old folders);
 harness.cluster (Ray), harness.plots, harness.tracking. `--help` imports neither Ray nor torch.
+
+SIGTERM (what Slurm and Kubernetes send on preemption) stops the search as Ctrl+C does, after a
+grace period (HARNESS_SIGTERM_GRACE_S, default 10 s) in which every running trial writes a last
+checkpoint: the runs are ended KILLED, the search folder is resumable with --resume, and the exit
+code is 143 (128 + SIGTERM; Ctrl+C exits 130). A second SIGTERM skips what is left of the grace.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -84,8 +92,65 @@ def _prepare_state(args: argparse.Namespace, settings: SearchSettings) -> tuple[
     return SearchState(folder, asdict(settings), uri, settings.experiment), False
 
 
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+
+
+class SigtermAsInterrupt:
+    """SIGTERM handled as Ctrl+C, after a grace period in which running trials write a last checkpoint.
+
+    The handler only starts a thread: the thread asks the trials to checkpoint (a key in Ray's
+    store, harness.search.trial.request_stop), waits the grace period, then sends this process
+    SIGINT, which Tune (during a search) or Python (otherwise) handle as Ctrl+C. `install()` is
+    called again after Ray starts, because ray.init replaces the SIGTERM handler with sys.exit.
+    """
+
+    def __init__(self, grace_s: float | None = None) -> None:
+        self.grace_s = float(os.environ.get("HARNESS_SIGTERM_GRACE_S", 10.0)) if grace_s is None else grace_s
+        self.received = False
+        self._skip = threading.Event()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:
+            self._skip.set()  # a second SIGTERM: stop now
+            return
+        self.received = True
+        threading.Thread(target=self._stop, name="sigterm-grace", daemon=True).start()
+
+    def _stop(self) -> None:
+        grace = 0.0
+        try:
+            import ray
+
+            if ray.is_initialized():
+                from harness.search.trial import request_stop
+
+                request_stop()
+                grace = self.grace_s
+        except Exception:  # noqa: BLE001 - no checkpoint request: still stop
+            grace = 0.0
+        print(f"{PROG}: SIGTERM: stopping" + (f" in {grace:g} s, once the running trials have written a "
+              "last checkpoint" if grace else ""), file=sys.stderr, flush=True)
+        self._skip.wait(grace)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+TERM = SigtermAsInterrupt()
+
+
+def _disk_full() -> tuple[str, int] | None:
+    """(folder, free bytes) when harness.search.tune's disk guard stopped the search."""
+    tune_module = sys.modules.get("harness.search.tune")
+    full = getattr(tune_module, "DISK_FULL", None)
+    return next(iter(full.items())) if full else None
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    TERM.install()
     settings = settings_from_args(args)
     state, resume = _prepare_state(args, settings)
     if resume:
@@ -105,6 +170,7 @@ def main(args: argparse.Namespace) -> int:
     summaries: list[dict[str, Any]] = []
     try:
         with ray_session(address, verbose=args.verbose) as resources:
+            TERM.install()  # ray.init set its own SIGTERM handler (sys.exit)
             if address:
                 check_cluster_capacity(settings, address)
             state.experiment_id = tracking.experiment_id(state.tracking_uri, state.experiment)
@@ -114,7 +180,26 @@ def main(args: argparse.Namespace) -> int:
     except SearchFailed as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        full = _disk_full()
+        if full:  # the disk guard stopped the search, not the user
+            folder, free = full
+            raise InputError(
+                f"--storage {state.folder}: the disk of {folder} is nearly full ({free / 2**20:.1f} MB free, "
+                f"below the {os.environ.get('HARNESS_MIN_FREE_MB', '64')} MB reserve, HARNESS_MIN_FREE_MB); the "
+                f"search stopped and its state is kept: free space, then resume with python -m {PROG} "
+                f"--dataset {settings.dataset} --storage {state.folder} --resume"
+            ) from None
+        raise
     except Exception as err:
+        if "database is locked" in str(err) and state.tracking_uri.startswith("sqlite:"):
+            raise InputError(
+                f"--tracking-uri {state.tracking_uri}: SQLite stayed locked after its retries with "
+                f"{settings.max_concurrent or 'many'} trials writing at once; use an MLflow server "
+                f"(--tracking-uri http://HOST:PORT, docs/cluster.md) or a lower --max-concurrent; the search's "
+                f"state is kept: resume with python -m {PROG} --dataset {settings.dataset} --storage {state.folder} "
+                "--resume"
+            ) from err
         if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
             raise
         raise InputError(
@@ -141,7 +226,12 @@ def main(args: argparse.Namespace) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_cli(lambda: main(args), PROG)
+    code = run_cli(lambda: main(args), PROG)
+    if TERM.received and code == 130:
+        print(f"{PROG}: terminated by SIGTERM (exit {EXIT_SIGTERM}); the search is resumable with --resume",
+              file=sys.stderr)
+        return EXIT_SIGTERM
+    return code
 
 
 if __name__ == "__main__":

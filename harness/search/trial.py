@@ -9,22 +9,29 @@ The trial
    the Ray trial id, and logs parameters, tags and per-epoch validation metrics;
 4. calls harness.trainer.fit(stage="search"), logs every validation pass to MLflow and reports to
    Ray Tune the passes at which ASHA decides (its rungs, `report_passes`) and the last one, each
-   report carrying the pass count as `pass`, ASHA's time attribute; a report takes a checkpoint
-   at most every `checkpoint_interval_s` seconds, so a restored trial knows where it was.
+   report carrying the pass count as `pass`, ASHA's time attribute.
 
-Resuming a trial replays training deterministically from the start (fit is seeded) and reports
-only the passes after its checkpoint; fit() has no hook to load a model mid-run yet. The
-checkpoint holds only the pass count, so a sparser one costs a restored trial nothing but a few
-passes reported to Tune again (MLflow never logs a step twice, see `report`). Per-pass metrics
-reach MLflow in one batch at most every `metrics_interval_s` seconds, and always before a
-checkpoint and at the run's end. Every Tune report is a round trip to the driver; on short
-trials, a report, a checkpoint and an MLflow write on every pass cost two concurrent trials
-about a third of their throughput (bench/search.py, docs/performance.md).
+A trial checkpoints through Tune's checkpoint API (`tune.report(..., checkpoint=)`): with every
+report ASHA sees (its rungs), and between them, at most every `checkpoint_interval_s` seconds, with
+a report that repeats the last pass's metrics and carries `checkpoint_only` (ASHA has recorded
+every rung up to that pass, and the searcher skips such reports: they decide nothing). The
+checkpoint holds the trainer's TrainState (model, optimiser, sampler position and random state as
+the trainer consumed them, the step reached; harness.trainer.save_train_state) beside
+`trial_state.json` (the pass count and the run). A restored trial continues from that step; on the
+same host and thread count it ends with exactly the metrics of an uninterrupted trial. A checkpoint
+written before train states existed (pass count only) replays training from the start and reports
+only the passes after it. When the driver asks the trials to stop (SIGTERM, `request_stop`), each
+writes one last checkpoint at its next step. Per-pass metrics reach MLflow in one batch at most
+every `metrics_interval_s` seconds, and always before a checkpoint and at the run's end (a
+restored trial never leaves a hole, never logs a step twice). Every Tune report is a round trip
+to the driver; on short trials, a report, a checkpoint and an MLflow write on every pass cost two
+concurrent trials about a third of their throughput (bench/search.py, docs/performance.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import re
@@ -42,13 +49,22 @@ from harness.config import TrainConfig
 from harness.data.base import GZSLDataset, RestrictedFeatures, SplitLeakError
 from harness.data.splits import ProtocolView, search_view
 from harness.search.space import same_point, trial_config
-from harness.trainer import DivergenceError, fit, resolve_dataset
+from harness.trainer import (
+    DivergenceError,
+    TrainState,
+    fit,
+    load_train_state,
+    resolve_dataset,
+    save_train_state,
+)
 
 REPORTED_METRICS = ("val_acc_seen", "val_acc_unseen", "val_H", "val_zsl_top1", "val_ausuc", "loss")
 # Constant for a dataset: a tag, not a metric to chart.
 CONSTANT_METRICS = ("attention_chance",)
 STATE_FILE = "trial_state.json"
 PASS = "pass"  # the validation passes a trial has run, in every Tune report: ASHA's time attribute
+CHECKPOINT_ONLY = "checkpoint_only"  # a report that only carries a checkpoint: it decides nothing
+STOP_KEY = "harness-search-stop:"  # + the Ray job id: set by a driver asking its trials to checkpoint now
 
 
 class FeatureCacheError(RuntimeError):
@@ -231,40 +247,77 @@ def replay_finished(run, done_iterations: int, tracking_uri: str) -> None:
                      "error": run.data.tags.get("error", "diverged")})
 
 
-def _read_state(checkpoint) -> dict[str, Any]:
+def _read_state(checkpoint) -> tuple[dict[str, Any], TrainState | None]:
+    """(trial_state.json, the trainer's state or None for a checkpoint older than train states)."""
     if checkpoint is None:
-        return {}
+        return {}, None
     with checkpoint.as_directory() as folder:
         path = Path(folder) / STATE_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        return (json.loads(path.read_text()) if path.exists() else {}), load_train_state(folder)
+
+
+def no_space(err: BaseException) -> bool:
+    """An OSError (or pyarrow's IOError) saying the disk is full."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def _stop_key() -> str:
+    import ray
+
+    return STOP_KEY + ray.get_runtime_context().get_job_id()
+
+
+def request_stop() -> None:
+    """Driver side: ask this job's running trials to write a last checkpoint at their next step."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_stop_key(), b"1", overwrite=True)
+
+
+def stop_requested() -> bool:
+    """Trial side: whether the driver asked for a last checkpoint (False when Ray cannot say)."""
+    from ray.experimental import internal_kv
+
+    try:
+        return internal_kv._internal_kv_get(_stop_key()) is not None
+    except Exception:  # noqa: BLE001 - no answer is no request
+        return False
 
 
 # ---------------------------------------------------------------- the trainable
 
 
 class TrialReporter:
-    """fit()'s reporter for one trial: logs every validation pass to MLflow and reports to Tune.
+    """fit()'s reporter and step hook for one trial: logs every validation pass to MLflow, reports
+    to Tune and checkpoints.
 
-    It holds what the passes share: the pass count, when the last checkpoint was taken, the latest
-    pass Tune has not seen, and the MLflow metric buffer. A restored trial replays its passes up to
-    the checkpoint (`done_iterations`) without reporting them again, and never logs an MLflow step
-    it already logged (`logged_up_to`).
+    It holds what the passes share: the pass count, when the last checkpoint was taken, the pass
+    ASHA waits for (reported with a checkpoint once its step is done), the latest pass Tune has not
+    seen, and the MLflow metric buffer. A trial restored from a train state continues its pass count
+    (`done_iterations`); one restored from an older checkpoint (`replay`) reruns its passes up to the
+    checkpoint without reporting them again. It never logs an MLflow step it already logged
+    (`logged_up_to`).
     """
 
+    STOP_POLL_S = 1.0  # how often a trial asks whether the driver wants a last checkpoint
+
     def __init__(self, ctx: TrialContext, ref: tracking.RunRef, config: TrainConfig, done_iterations: int,
-                 logged_up_to: int | None) -> None:
-        self.ctx, self.ref, self.done_iterations, self.logged_up_to = ctx, ref, done_iterations, logged_up_to
+                 logged_up_to: int | None, replay: bool = True) -> None:
+        self.ctx, self.ref, self.logged_up_to = ctx, ref, logged_up_to
+        self.done_iterations = done_iterations if replay else 0
         self.step_key = "epoch" if config.reports_per_epoch == 1 else "iteration"
-        self.iteration = 0
-        self.last_checkpoint = -math.inf
+        self.iteration = 0 if replay else done_iterations
+        self.last_checkpoint = time.monotonic()  # a restored trial has one; a new one needs a pass or N s
+        self.last_stop_poll = -math.inf
+        self.stop_checkpointed = False
+        self.pending: dict[str, Any] | None = None  # a pass ASHA decides on, reported after its step
+        self.last_result: dict[str, Any] = {}  # the latest pass's result (what a checkpoint-only report repeats)
         self.unreported: dict[str, float] = {}  # the latest pass Tune has not seen, if any
         # Metrics reach MLflow in batches; everything up to a checkpoint is written before it, so a
         # restored trial that skips the passes up to its checkpoint never leaves a hole.
         self.metrics_out = tracking.MetricBuffer(ref, ctx.metrics_interval_s)
 
     def __call__(self, record: dict[str, float]) -> None:
-        from ray import tune
-
         self.iteration += 1
         if self.iteration <= self.done_iterations:  # replayed pass, already reported before the restore
             return
@@ -273,21 +326,53 @@ class TrialReporter:
         if self.logged_up_to is None or step > self.logged_up_to:
             self.metrics_out.add(metrics, step=step)  # the epoch is the step, not a metric
         result = {**metrics, "epoch": float(record["epoch"]), PASS: self.iteration, "diverged": 0.0}
+        self.last_result = result
         if self.ctx.report_passes is not None and self.iteration not in self.ctx.report_passes:
             self.unreported = result
             return  # nothing decides on this pass: no round trip to the driver (the last goes after fit)
         self.unreported = {}
+        self.pending = result  # reported with a checkpoint once the step is done (after_step)
+
+    def after_step(self, epoch: int, global_step: int, state) -> None:
+        """fit()'s step hook: the pending ASHA report with a checkpoint, else a checkpoint-only report
+        when `checkpoint_interval_s` has passed or the driver asked for a last one."""
+        from ray import tune
+
+        if self.iteration <= self.done_iterations and self.done_iterations:
+            return  # replaying an older checkpoint's passes: nothing new to save
         now = time.monotonic()
-        if now - self.last_checkpoint < self.ctx.checkpoint_interval_s:
-            tune.report(result)
+        if self.pending is not None:
+            result, self.pending = self.pending, None
+        elif now - self.last_checkpoint >= self.ctx.checkpoint_interval_s or self._stop_asked(now):
+            result = {"val_H": math.nan, "val_ausuc": math.nan, **self.last_result, PASS: self.iteration, "diverged": 0.0,
+                      CHECKPOINT_ONLY: 1.0}
+        else:
             return
+        result["step"] = global_step
         self.last_checkpoint = now
         self.metrics_out.flush()
         with tempfile.TemporaryDirectory() as folder:
-            state = {"iteration": self.iteration, "epoch": record["epoch"], "step": record["step"],
-                     "run_id": self.ref.run_id}
-            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            train_state = state()
+            save_train_state(train_state, folder)
+            meta = {"iteration": self.iteration, "epoch": epoch, "step": global_step, "run_id": self.ref.run_id,
+                    "last_result": self.last_result}
+            (Path(folder) / STATE_FILE).write_text(json.dumps(meta))
+            try:
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            except OSError as err:
+                if not no_space(err):
+                    raise
+                # The search folder is full: Tune did not register this checkpoint (the previous one
+                # stays the one to resume from); the pass still reaches ASHA, and the driver's disk
+                # guard stops the search with one line naming the folder.
+                tune.report(result)
+
+    def _stop_asked(self, now: float) -> bool:
+        if self.stop_checkpointed or now - self.last_stop_poll < self.STOP_POLL_S:
+            return False
+        self.last_stop_poll = now
+        self.stop_checkpointed = stop_requested()
+        return self.stop_checkpointed
 
 
 def _trial_tags(ctx: TrialContext, config: TrainConfig, trial_id: str, params: dict[str, Any]) -> dict[str, str]:
@@ -311,13 +396,14 @@ def _dataset_or_fail(ctx: TrialContext, trial_id: str, config: TrainConfig, tags
         raise
 
 
-def _fit_and_report(config: TrainConfig, dataset: GZSLDataset, forbidden: np.ndarray, reporter: TrialReporter):
+def _fit_and_report(config: TrainConfig, dataset: GZSLDataset, forbidden: np.ndarray, reporter: TrialReporter,
+                    resume: TrainState | None = None):
     """fit() with the reporter; the FitResult, or None when the configuration diverged (recorded, not retried)."""
     from ray import tune
 
     ref, metrics_out = reporter.ref, reporter.metrics_out
     try:
-        result = fit(config, dataset, reporter=reporter)
+        result = fit(config, dataset, reporter=reporter, checkpoint=reporter.after_step, resume=resume)
         check_sealed(result.view, forbidden)
         if reporter.unreported:  # the last pass, unless it was a rung: Tune gets the final metrics
             tune.report(reporter.unreported)
@@ -352,7 +438,8 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(ctx.base, params)
-    done_iterations = int(_read_state(tune.get_checkpoint()).get("iteration", 0))
+    saved, train_state = _read_state(tune.get_checkpoint())
+    done_iterations = int(saved.get("iteration", 0))
     tags = _trial_tags(ctx, config, trial_id, params)
     previous = find_trial_run(ctx, trial_id)
     if finished_before(previous):  # restored by a resumed search, but it had ended: do not re-run it
@@ -365,8 +452,11 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     # A reopened run may hold epochs beyond the last checkpoint (Ray's snapshot can lag MLflow):
     # never log a step twice.
     logged_up_to = tracking.max_metric_step(ref, "val_H") if previous is not None else None
-    reporter = TrialReporter(ctx, ref, config, done_iterations, logged_up_to)
-    result = _fit_and_report(config, dataset, forbidden, reporter)
+    reporter = TrialReporter(ctx, ref, config, done_iterations, logged_up_to, replay=train_state is None)
+    reporter.last_result = dict(saved.get("last_result", {}))
+    if train_state is not None:
+        tracking.set_tags(ref, {"resumed_from_step": train_state.global_step})
+    result = _fit_and_report(config, dataset, forbidden, reporter, train_state)
     if result is None:
         return
     extra = {k: v for k, v in result.metrics.items() if k not in (*REPORTED_METRICS, *CONSTANT_METRICS)}

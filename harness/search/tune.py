@@ -12,18 +12,23 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import signal
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from harness import tracking
 from harness.search.space import ResolvedSpace, same_point
-from harness.search.trial import PASS, TrialContext, run_trial
+from harness.search.trial import CHECKPOINT_ONLY, PASS, TrialContext, run_trial
 
 METRIC, MODE = "val_H", "max"  # what the searcher learns from and the best configuration is chosen by
 # What ASHA compares trials by at its rungs: AUSUC ranks trials from the first epochs, where H is
@@ -85,6 +90,56 @@ class TrialRunsCallback(tune.Callback):
         for ref in self._runs(trial):
             tracking.set_tags(ref, {"ended_by": "driver: trial error", "error": message[:5000]})
             tracking.end_run(ref, "FAILED")
+
+
+MIN_FREE_ENV = "HARNESS_MIN_FREE_MB"  # free space the search folder and artifact folder must keep (default 64)
+DISK_FULL: dict[str, int] = {}  # folder -> free bytes, set by DiskSpaceGuard when it stopped the search
+
+
+class DiskSpaceGuard(tune.Callback):
+    """Stops the search, as Ctrl+C does, while the folders it writes still hold `min_free` bytes.
+
+    A disk that fills to the last byte truncates what Tune rewrites in place (the experiment state,
+    result files: a resume then trips on them), so the driver stops first and keeps the reserve for
+    Tune's last experiment state; the CLI turns the stop into one line naming the folder
+    (`DISK_FULL`). Checked at most every `interval_s` from Tune's loop, in the driver.
+    """
+
+    def __init__(self, folders: list[str], min_free: int, interval_s: float = 0.5) -> None:
+        self.folders, self.min_free, self.interval_s = list(folders), int(min_free), interval_s
+        self._checked = -math.inf
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if DISK_FULL or now - self._checked < self.interval_s:
+            return
+        self._checked = now
+        for folder in self.folders:
+            free = shutil.disk_usage(_existing(folder)).free
+            if free < self.min_free:
+                DISK_FULL[folder] = free
+                os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and returns, as on Ctrl+C
+                return
+
+
+def _existing(folder: str) -> str:
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+def guarded_folders(plan: TunePlan) -> list[str]:
+    """The search folder and, for a store with local artifacts, the artifact folder."""
+    folders = [str(plan.storage)]
+    location = tracking._artifact_location(plan.context.tracking_uri)
+    if location and location.startswith("file://"):
+        folders.append(location.removeprefix("file://"))
+    return folders
+
+
+def disk_space_guard(plan: TunePlan) -> DiskSpaceGuard:
+    return DiskSpaceGuard(guarded_folders(plan), int(float(os.environ.get(MIN_FREE_ENV, 64)) * 2**20))
 
 
 class ProgressCallback(tune.Callback):
@@ -213,15 +268,27 @@ class TunePlan:
         return self.storage / self.name
 
 
+CHECKPOINT_INTERVAL_ENV = "HARNESS_CHECKPOINT_INTERVAL_S"  # seconds between a trial's checkpoints (driver's env)
+
+
 def trainable(plan: TunePlan):
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     ctx = replace(plan.context, report_passes=plan.report_passes)
+    if os.environ.get(CHECKPOINT_INTERVAL_ENV):
+        ctx = replace(ctx, checkpoint_interval_s=float(os.environ[CHECKPOINT_INTERVAL_ENV]))
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+class CheckpointAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips a trial's checkpoint-only reports (they repeat a pass, or carry none yet)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get(CHECKPOINT_ONLY):
+            super().on_trial_result(trial_id, result)
 
 
 def searcher(plan: TunePlan):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if plan.searcher == "random":
@@ -231,7 +298,7 @@ def searcher(plan: TunePlan):
             seed=plan.seed, n_startup_trials=min(10, max(2, plan.num_samples // 3)), multivariate=True,
             constant_liar=True,
         )
-    return OptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
+    return CheckpointAwareOptunaSearch(space=plan.space.distributions(), metric=METRIC, mode=MODE,
                         points_to_evaluate=[dict(plan.space.defaults)], sampler=sampler)
 
 
@@ -253,7 +320,7 @@ def build_tuner(plan: TunePlan) -> tune.Tuner:
         callbacks=[TrialRunsCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, plan.max_t,
                                      plan.report_passes or (), int(ctx.base.get("reports_per_epoch") or 1),
                                      plan.rung_metric),
-                   ProgressCallback(plan.num_samples, f"search {plan.space.model}")],
+                   ProgressCallback(plan.num_samples, f"search {plan.space.model}"), disk_space_guard(plan)],
         verbose=0, stop=plan.stop,
     )
     tune_config = tune.TuneConfig(

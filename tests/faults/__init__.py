@@ -472,3 +472,56 @@ def check_search_records(storage: Path, uri: str, num_samples: int, model: str =
         assert r.status == "KILLED" and r.tags.get("ended_by"), (r.name, r.status, r.tags.get("ended_by"))
     return {"ray_trials": len(ray), "optuna_trials": len(opt), "mlflow_trial_runs": len(trials),
             "orphaned_runs_killed": len(orphans)}
+
+
+def check_every_trial(storage: Path, uri: str, num_samples: int, model: str = "dazle") -> dict:
+    """One search among others in a store: every trial accounted for once in Ray, the searcher and
+    MLflow (its runs found under the search's parent run), every pass it ran logged once, nothing RUNNING."""
+    import json
+
+    ray = ray_trials(storage / model)
+    assert len(ray) == num_samples and all(t.status == "TERMINATED" for t in ray.values()), \
+        {t: (r.status, r.error) for t, r in ray.items()}
+    opt = searcher_trials(storage / model)
+    assert len(opt) == num_samples and all(t.state == "COMPLETE" for t in opt), [t.state for t in opt]
+    parent = json.loads((storage / "search.json").read_text())["models"][model]["parent_run_id"]
+    runs = [r for r in mlflow_records(uri) if r.kind == "trial" and r.tags.get("mlflow.parentRunId") == parent]
+    assert not [r for r in mlflow_records(uri) if r.status == "RUNNING"]
+    by_trial: dict[str, list] = {}
+    for r in runs:
+        by_trial.setdefault(r.trial_id, []).append(r)
+    assert set(by_trial) == set(ray), (sorted(by_trial), sorted(ray))
+    epochs = 0
+    for tid, mine in by_trial.items():
+        assert len(mine) == 1 and mine[0].status == "FINISHED", (tid, [(r.name, r.status) for r in mine])
+        steps = mine[0].steps["val_H"]
+        assert steps == list(range(1, ray[tid].iterations + 1)), f"trial {tid}: passes logged {steps}"
+        epochs += len(steps)
+    return {"ray_trials": len(ray), "optuna_complete": len(opt), "mlflow_trial_runs": len(runs),
+            "epochs_logged": epochs, "lost": 0, "duplicated": 0, "left_running": 0}
+
+
+# ---------------------------------------------------------------- a trial's metrics without the fault
+
+
+def uninterrupted_history(storage: Path, params: dict, model: str = "dazle") -> list[dict[str, float]]:
+    """The per-pass history of the same trial (same settings, parameters, seed, thread count, sealed
+    dataset) fitted in this process without interruption: what a killed and resumed trial must match."""
+    import json
+    from dataclasses import asdict
+
+    from harness.search.settings import SearchSettings
+    from harness.search.space import trial_config
+    from harness.search.trial import sealed_dataset
+    from harness.trainer import fit, resolve_dataset
+
+    settings = SearchSettings(**json.loads((storage / "search.json").read_text())["settings"])
+    base = asdict(settings.base_config(model, "search", settings.seed))
+    config = trial_config(base, params)
+    return fit(config, sealed_dataset(resolve_dataset(config))).history
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
