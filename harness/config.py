@@ -25,6 +25,16 @@ VARIANTS: dict[str, dict[str, bool]] = {
 COMMON_PARAMS = ("dataset", "model", "stage", "seed", "epochs", "batch_size")
 
 
+RESIDENT_MODES = ("auto", "on", "off")
+
+
+def add_resident_option(parser) -> None:
+    """--resident [auto|on|off] for every CLI that trains (train, search, reproduce)."""
+    parser.add_argument("--resident", nargs="?", const="on", choices=RESIDENT_MODES, default="auto",
+                        help="hold the fit images on the training device and gather batches there: auto (on "
+                             "CUDA when they fit a share of the device), on, off (default auto)")
+
+
 class ConfigError(InputError, ValueError):
     """A configuration value is out of range; the message names the option."""
 
@@ -60,6 +70,10 @@ class TrainConfig:
     device: str = "cpu"
     amp: str = "none"  # "bf16": bfloat16 autocast for the model's products (GPU); softmax and losses stay fp32
     num_threads: int | None = None
+    # "auto": the fit images held on a CUDA device when they fit a share of it (never on the CPU);
+    # "on": held on any device when they fit; "off": read from the cache per batch (harness.features.loader)
+    resident: str = "auto"
+    resident_fraction: float = 1.0  # the trial's share of its device (fractional GPU trials)
     # Data location for real datasets
     data_root: str | None = None
     cache_dir: str | None = None
@@ -86,6 +100,8 @@ class TrainConfig:
             ("stage", self.stage in ("search", "final"), "'search' or 'final'"),
             ("reports_per_epoch", self.reports_per_epoch >= 1, "at least 1"),
             ("amp", self.amp in ("none", "bf16"), "'none' or 'bf16'"),
+            ("resident", self.resident in RESIDENT_MODES, "'auto', 'on' or 'off'"),
+            ("resident_fraction", 0 < self.resident_fraction <= 1, "a share of the device in (0, 1]"),
         ]
         for name, ok, expected in checks:
             if not ok:

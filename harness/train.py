@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from harness.config import VARIANTS, TrainConfig
+from harness.config import VARIANTS, TrainConfig, add_resident_option
 from harness.data.registry import list_datasets
 from harness.errors import OneLineArgumentParser, run_cli
 from harness.methods import indexed_methods
@@ -38,6 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also report GZSL with a seen-score shift chosen on validation classes")
     p.add_argument("--device", default=d.device)
     p.add_argument("--amp", choices=["none", "bf16"], default=d.amp, help="bf16 autocast (GPU)")
+    add_resident_option(p)
     p.add_argument("--threads", dest="num_threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None, help="feature caches (default $HARNESS_CACHE or ./cache)")
@@ -64,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig(
         dataset=args.dataset, model=args.model, stage=args.stage, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, **hyper,
-        calibrated_stacking=args.calibrated_stacking, device=args.device, amp=args.amp, num_threads=args.num_threads,
+        calibrated_stacking=args.calibrated_stacking, device=args.device, amp=args.amp, resident=args.resident, num_threads=args.num_threads,
         data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors,
     )
     return config.with_variant(args.variant).validate()

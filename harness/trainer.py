@@ -36,7 +36,7 @@ from harness.data.sampling import ClassBalancedSampler
 from harness.data.semantics import select_attributes
 from harness.data.splits import ProtocolView, make_view
 from harness.errors import InputError
-from harness.features.loader import PrefetchingBatches
+from harness.features.loader import PrefetchingBatches, ResidentFeatures, make_resident
 from harness.methods import MethodSpec, ZSLMethod, build_method
 from harness.metrics import (
     GZSLMetrics,
@@ -305,6 +305,17 @@ class _FitRun:
     history: list[dict[str, float]] = field(default_factory=list)
     last_eval: tuple[GZSLMetrics, SeenUnseenCurve, dict] | None = None
     on_step: StepCallback | None = None  # the protocol diagnostic's per-step hook
+    resident: ResidentFeatures | None = None  # the fit images on the device (config.resident)
+
+
+def _resident_features(view: ProtocolView, device: torch.device, config: TrainConfig) -> ResidentFeatures | None:
+    """The fit images held on the device when config.resident asks and they fit; one line says what
+    was decided whenever it is not the plain default (auto on a CPU)."""
+    resident, why = make_resident(view.features, view.fit_indices, device, mode=config.resident,
+                                  fraction=config.resident_fraction)
+    if config.resident != "off" and (resident is not None or config.resident == "on" or device.type == "cuda"):
+        print(why, file=sys.stderr)
+    return resident
 
 
 def _prepare(config: TrainConfig, dataset: GZSLDataset | None, progress: bool) -> _FitRun:
@@ -326,6 +337,7 @@ def _prepare(config: TrainConfig, dataset: GZSLDataset | None, progress: bool) -
         config=config, dataset=dataset, view=view, device=device, method=method, attributes=attributes,
         sampler=sampler, epochs=method.default_epochs or config.epochs or dataset.default_epochs, steps=steps,
         report_every=max(1, math.ceil(steps / config.reports_per_epoch)), prefix=metric_prefix(config.stage),
+        resident=_resident_features(view, device, config),
     )
 
 
@@ -392,8 +404,9 @@ def _restore(run: _FitRun, state: TrainState) -> tuple[int, int, list[float] | N
 def _train_epoch(run: _FitRun, epoch: int, reporter: Reporter | None, bar, hook: StepHook | None = None,
                  start_step: int = 0, losses: list[float] | None = None) -> None:
     losses = losses if losses is not None else []
-    batches = PrefetchingBatches(run.view.features, run.sampler.epoch(start_step), run.device,
-                                 index_of=run.view.fit_indices)
+    order = run.sampler.epoch(start_step)
+    batches = (run.resident.batches(order, index_of=run.view.fit_indices) if run.resident is not None
+               else PrefetchingBatches(run.view.features, order, run.device, index_of=run.view.fit_indices))
     for step, (positions, x) in enumerate(batches, start=start_step + 1):
         y = torch.from_numpy(run.view.fit_labels[positions]).to(run.device)
         loss = run.method.train_step(x, y)["loss"]

@@ -95,3 +95,15 @@ def test_bf16_autocast_trains_close_to_fp32(tiny_synthetic):
     assert abs(bf16.metrics["loss"] - fp32.metrics["loss"]) < 0.05 * fp32.metrics["loss"]
     with pytest.raises(ConfigError, match="--amp"):
         TrainConfig(amp="fp8").validate()
+
+
+def test_resident_features_train_exactly_as_the_cache_loader():
+    """--resident on (the fit images held on the device, gathered by index) changes no number."""
+    from dataclasses import replace
+
+    from harness.config import TrainConfig
+
+    base = TrainConfig(dataset="synthetic", stage="search", epochs=2, num_threads=1)
+    plain, held = fit(replace(base, resident="off")), fit(replace(base, resident="on"))
+    assert plain.metrics == held.metrics
+    assert plain.history == held.history

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness import tracking
 from harness.cluster import check_address, check_cluster_capacity
+from harness.config import add_resident_option
 from harness.data.base import GZSLDataset
 from harness.data.registry import list_datasets, load_dataset, missing_data_message, prepare_command, stand_in
 from harness.errors import InputError, OneLineArgumentParser, run_cli
@@ -62,6 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         sp.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
         sp.add_argument("--cpus-per-trial", type=float, default=1.0)
         sp.add_argument("--gpus-per-trial", type=float, default=0.0, help="> 0 trains on CUDA (fractions allowed)")
+        add_resident_option(sp)
         sp.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
         sp.add_argument("--experiment", default=tracking.reproduce_experiment(name),
                         help=f"MLflow experiment (default {tracking.reproduce_experiment(name)})")
@@ -342,7 +344,7 @@ def main(args: argparse.Namespace) -> int:
     if args.address:  # a plain TCP check first: an unreachable cluster is one line, not a hanging ray.init
         check_address(args.address)
     common = {"epochs": args.epochs, "data_root": args.data_root, "cache_dir": args.cache_dir,
-              "word_vectors": args.word_vectors}
+              "word_vectors": args.word_vectors, "resident": args.resident}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
     runner = {"fig4": run_fig4, "protocol": run_protocol}.get(args.target, run_table)
     # Ray first, and a trial that no node could ever host is an error now, not an endless wait.

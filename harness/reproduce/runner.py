@@ -76,7 +76,8 @@ def _placed(config: TrainConfig, cluster: ClusterOptions) -> TrainConfig:
     """Threads and device follow the resources a task is given."""
     threads = config.num_threads or max(1, int(cluster.cpus_per_trial))
     device = "cuda" if cluster.gpus_per_trial > 0 and config.device == "cpu" else config.device
-    return replace(config, num_threads=threads, device=device)
+    fraction = cluster.gpus_per_trial if 0 < cluster.gpus_per_trial < 1 else 1.0
+    return replace(config, num_threads=threads, device=device, resident_fraction=fraction)
 
 
 def start_ray(cluster: ClusterOptions) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 from harness import tracking
 from harness.cluster import check_address, check_cluster_capacity, check_local_capacity, ray_session
+from harness.config import add_resident_option
 from harness.data.registry import list_datasets
 from harness.errors import InputError, run_cli
 from harness.search.driver import SearchFailed, load_driver_dataset, resolve_models, search_model
@@ -52,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits the cluster)")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="fractions allowed, e.g. 0.25")
+    add_resident_option(p)
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local instance)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default search/<dataset>)")

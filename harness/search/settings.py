@@ -47,6 +47,7 @@ class SearchSettings:
     searcher: str = "tpe"  # "tpe" (Optuna's TPE) or "random"
     scheduler: str = "asha"  # "asha" (early stopping) or "none" (every trial runs its full length)
     smoke_test: bool = False  # --smoke-test: the parent run's name says so
+    resident: str = "auto"  # --resident: features held on the trial's device (TrainConfig.resident)
 
     def validate(self) -> SearchSettings:
         checks = [
@@ -83,6 +84,7 @@ class SearchSettings:
         return TrainConfig(
             dataset=self.dataset, model=model, stage=stage, seed=seed, epochs=self.epochs,
             reports_per_epoch=self.reports_per_epoch, device=self.device, num_threads=self.num_threads,
+            resident=self.resident, resident_fraction=self.gpus_per_trial if 0 < self.gpus_per_trial < 1 else 1.0,
             data_root=self.data_root, cache_dir=self.cache_dir, word_vectors=self.word_vectors,
             data_seed=self.data_seed,
         )
@@ -104,4 +106,5 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         epochs=pick("epochs", None), reports_per_epoch=args.reports_per_epoch, max_failures=args.max_failures,
         data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors, data_seed=args.data_seed,
         searcher=args.searcher, scheduler=args.scheduler, smoke_test=bool(args.smoke_test),
+        resident=args.resident,
     ).validate()
