@@ -7,6 +7,7 @@ Defaults are the authors' released settings (DESIGN section 3).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from harness.errors import InputError
@@ -26,6 +27,11 @@ COMMON_PARAMS = ("dataset", "model", "stage", "seed", "epochs", "batch_size")
 
 
 RESIDENT_MODES = ("auto", "on", "off")
+
+
+def absolute(path: str | None) -> str | None:
+    """A path as every node sees it: trials run in Ray workers whose working folder is not the driver's."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
 
 
 def add_resident_option(parser) -> None:

@@ -161,3 +161,25 @@ def test_training_on_a_damaged_cache_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert lines[0].startswith("harness.train: error: ") and str(folder) in lines[0]
     assert f"item {victim} " in lines[0] and "info --verify" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_search_on_a_damaged_cache_stops_with_the_caches_one_line(tmp_path):
+    """python -m harness.search: the trial that reads a damaged item fails, and the whole search stops
+    with the cache's line (exit 2), instead of retraining the best configuration on damaged features."""
+    cub = make_tiny_cub(tmp_path / "cub")
+    folder = tmp_path / "caches" / CacheKey("cub", "resnet101", "none", 32, "float16").folder_name()
+    build(folder, cub.num_images, shape=(2048, 1, 1), dataset="cub", image_size=32,
+          images_sha256="0" * 64)
+    for index in range(cub.num_images):  # every item: whichever a trial reads first is damaged
+        flip(folder, payload_offset(folder, index) + 100)
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_cli("harness.search", "--dataset", "cub", "--data-root", cub.root, "--word-vectors", cub.word_vectors,
+                "--cache-dir", tmp_path / "caches", "--epochs", "1", "--num-samples", "2", "--final-seeds", "1",
+                "--max-failures", "0", "--storage", tmp_path / "search", "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=work, timeout=600)
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("harness.search: error: "), r.stderr[-3000:]
+    assert str(folder) in errors[0] and "damaged feature cache: item " in errors[0] and "info --verify" in errors[0]

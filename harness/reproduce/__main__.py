@@ -30,6 +30,7 @@ from harness.errors import InputError, OneLineArgumentParser, run_cli
 from harness.reproduce import fig4, paper, tables
 from harness.reproduce.runner import ClusterOptions, GridTracker, Outcome, run_grid, start_ray
 from harness.reproduce.tuned import TunedConfig, apply_tuned, load_tuned, pick
+from harness.search.settings import absolute
 
 TARGETS = {
     "table2": ("GZSL of ESZSL, DeViSE and DAZLE on CUB, SUN, AWA2", "cub,sun,awa2", 3),
@@ -343,8 +344,8 @@ def main(args: argparse.Namespace) -> int:
     tuned = [c for source in args.tuned for c in load_tuned(source, uri)]
     if args.address:  # a plain TCP check first: an unreachable cluster is one line, not a hanging ray.init
         check_address(args.address)
-    common = {"epochs": args.epochs, "data_root": args.data_root, "cache_dir": args.cache_dir,
-              "word_vectors": args.word_vectors, "resident": args.resident}
+    common = {"epochs": args.epochs, "data_root": absolute(args.data_root), "cache_dir": absolute(args.cache_dir),
+              "word_vectors": absolute(args.word_vectors), "resident": args.resident}
     cluster = ClusterOptions(args.address, args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
     runner = {"fig4": run_fig4, "protocol": run_protocol}.get(args.target, run_table)
     # Ray first, and a trial that no node could ever host is an error now, not an endless wait.

@@ -281,6 +281,22 @@ def _teach(search: ModelSearch, records: list[TrialRecord]) -> dict[str, Any]:
     return result
 
 
+DAMAGED_CACHE = "damaged feature cache"  # harness.features.store.damaged() says this in its one line
+
+
+def _stop_on_damaged_cache(search: ModelSearch, records: list[TrialRecord]) -> None:
+    """A trial that read a damaged item stops the whole search with the cache's one line: the final
+    retrain reads every trainval image, so no result of this cache can be trusted or finished."""
+    damaged = next((r.error for r in records if DAMAGED_CACHE in r.error), None)
+    if damaged is None:
+        return
+    tracking.set_tags(search.parent, {"error": "damaged feature cache"})
+    tracking.end_run(search.parent, "FAILED")
+    start = damaged.index(DAMAGED_CACHE)
+    cut = damaged.rfind("Error: ", 0, start)  # drop the exception's name Ray put before the message
+    raise InputError(damaged[cut + len("Error: "):] if cut >= 0 else damaged)
+
+
 def _choose_best(search: ModelSearch, records: list[TrialRecord]) -> tuple[TrialRecord, TrialRecord | None]:
     """(best trial, the paper configuration's trial); SearchFailed when no trial completed."""
     from harness.search.tune import best_trial
@@ -366,6 +382,7 @@ def search_model(model: str, space: ResolvedSpace, state: SearchState, settings:
         records = collect(_tune(search, resume), search.plan)
         entry["search_seconds"] = time.perf_counter() - started + float(entry.get("search_seconds", 0.0))
         _log_trials(search, records)
+        _stop_on_damaged_cache(search, records)
         taught = _teach(search, records)
         best, paper = _choose_best(search, records)
         return _finish(search, records, best, paper, _finals(search, best), started, taught)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness import tracking
-from harness.config import TrainConfig
+from harness.config import TrainConfig, absolute
 from harness.errors import InputError
 
 PROG = "harness.search"
@@ -104,7 +104,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         experiment=args.experiment or "", seed=args.seed, final_seeds=pick("final_seeds", d.final_seeds),
         epochs=pick("epochs", None), reports_per_epoch=args.reports_per_epoch, max_failures=args.max_failures,
-        data_root=args.data_root, cache_dir=args.cache_dir, word_vectors=args.word_vectors, data_seed=args.data_seed,
+        data_root=absolute(args.data_root), cache_dir=absolute(args.cache_dir), word_vectors=absolute(args.word_vectors),
+        data_seed=args.data_seed,
         searcher=args.searcher, scheduler=args.scheduler, smoke_test=bool(args.smoke_test),
         resident=args.resident,
     ).validate()

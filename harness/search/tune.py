@@ -187,7 +187,7 @@ class ProgressCallback(tune.Callback):
 def last_line(text: str) -> str:
     """The last non-empty line of a traceback (the exception and its message), ANSI codes removed."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else ""
+    return lines[-1][:2000] if lines else ""  # a damaged cache's line names the folder twice and a command
 
 
 def trial_error(trial) -> str:
