@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff check . || exit 1
-.venv/bin/python -m pytest -q -p no:cacheprovider -m "not stack" "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m "not stack" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "pytest collected no test: failing" >&2; exit 1; fi
 [ "$rc" -eq 0 ] || exit "$rc"

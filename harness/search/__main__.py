@@ -150,13 +150,8 @@ def _disk_full() -> tuple[str, int] | None:
     return next(iter(full.items())) if full else None
 
 
-def main(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    TERM.install()
-    settings = settings_from_args(args)
-    state, resume = _prepare_state(args, settings)
-    if resume:
-        settings = SearchSettings(**state.settings).validate()
+def _before_ray(args: argparse.Namespace, settings: SearchSettings, state: SearchState, resume: bool):
+    """Every check that needs no Ray: tracking store, cluster address, dataset, models, spaces, capacity."""
     tracking.check_tracking(state.tracking_uri)
     address = check_address(args.address) if args.address else None
     dataset = load_driver_dataset(settings)
@@ -169,6 +164,65 @@ def main(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: trials on other nodes write to {state.tracking_uri}; that path must be "
               "shared by every node (or use an MLflow server with --tracking-uri http://...)", file=sys.stderr)
     print(f"{PROG}: search folder {state.folder}" + (" (resuming)" if resume else ""), file=sys.stderr)
+    return address, dataset, models, spaces
+
+
+def _resume_hint(settings: SearchSettings, state: SearchState) -> str:
+    return f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
+
+
+def _disk_full_error(settings: SearchSettings, state: SearchState) -> InputError | None:
+    """The one line when the disk guard (not the user) stopped the search."""
+    full = _disk_full()
+    if not full:
+        return None
+    folder, free = full
+    return InputError(
+        f"--storage {state.folder}: the disk of {folder} is nearly full ({free / 2**20:.1f} MB free, "
+        f"below the {os.environ.get('HARNESS_MIN_FREE_MB', '64')} MB reserve, HARNESS_MIN_FREE_MB); the "
+        f"search stopped and its state is kept: free space, then resume with {_resume_hint(settings, state)}")
+
+
+def _store_error(err: Exception, settings: SearchSettings, state: SearchState) -> InputError | None:
+    """The one line for a tracking store that gave up (SQLite locked) or went away; None otherwise."""
+    if "database is locked" in str(err) and state.tracking_uri.startswith("sqlite:"):
+        return InputError(
+            f"--tracking-uri {state.tracking_uri}: SQLite stayed locked after its retries with "
+            f"{settings.max_concurrent or 'many'} trials writing at once; use an MLflow server "
+            f"(--tracking-uri http://HOST:PORT, docs/cluster.md) or a lower --max-concurrent; the search's "
+            f"state is kept: resume with {_resume_hint(settings, state)}")
+    if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
+        return None
+    return InputError(
+        f"--tracking-uri {state.tracking_uri}: the tracking store became unreachable during the search "
+        f"({type(err).__name__}); the search's state is kept: once the store is back, resume with "
+        f"{_resume_hint(settings, state)}")
+
+
+def _print_summary(args: argparse.Namespace, settings: SearchSettings, state: SearchState,
+                   summaries: list[dict[str, Any]], seconds: float) -> None:
+    for summary in summaries:
+        print(summary_text(summary))
+    print(f"search folder: {state.folder}   (resume: {_resume_hint(settings, state)})")
+    print(f"MLflow: {tracking.ui_command(state.tracking_uri, state.experiment_id)}   (experiment {state.experiment!r})")
+    print(f"total {seconds:.1f} s")
+    if args.json:
+        if len(summaries) == 1:
+            out = {**summaries[0], "seconds": seconds}
+        else:
+            out = {"dataset": settings.dataset, "models": {s["model"]: s for s in summaries}, "seconds": seconds}
+        out.update(storage=str(state.folder), tracking_uri=state.tracking_uri)
+        print(json.dumps(out, default=str))
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    TERM.install()
+    settings = settings_from_args(args)
+    state, resume = _prepare_state(args, settings)
+    if resume:
+        settings = SearchSettings(**state.settings).validate()
+    address, dataset, models, spaces = _before_ray(args, settings, state, resume)
     summaries: list[dict[str, Any]] = []
     try:
         with ray_session(address, verbose=args.verbose) as resources:
@@ -183,46 +237,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        full = _disk_full()
-        if full:  # the disk guard stopped the search, not the user
-            folder, free = full
-            raise InputError(
-                f"--storage {state.folder}: the disk of {folder} is nearly full ({free / 2**20:.1f} MB free, "
-                f"below the {os.environ.get('HARNESS_MIN_FREE_MB', '64')} MB reserve, HARNESS_MIN_FREE_MB); the "
-                f"search stopped and its state is kept: free space, then resume with python -m {PROG} "
-                f"--dataset {settings.dataset} --storage {state.folder} --resume"
-            ) from None
+        full = _disk_full_error(settings, state)
+        if full is not None:
+            raise full from None
         raise
     except Exception as err:
-        if "database is locked" in str(err) and state.tracking_uri.startswith("sqlite:"):
-            raise InputError(
-                f"--tracking-uri {state.tracking_uri}: SQLite stayed locked after its retries with "
-                f"{settings.max_concurrent or 'many'} trials writing at once; use an MLflow server "
-                f"(--tracking-uri http://HOST:PORT, docs/cluster.md) or a lower --max-concurrent; the search's "
-                f"state is kept: resume with python -m {PROG} --dataset {settings.dataset} --storage {state.folder} "
-                "--resume"
-            ) from err
-        if isinstance(err, InputError) or tracking.reachable(state.tracking_uri):
+        one_line = _store_error(err, settings, state)
+        if one_line is None:
             raise
-        raise InputError(
-            f"--tracking-uri {state.tracking_uri}: the tracking store became unreachable during the search "
-            f"({type(err).__name__}); the search's state is kept: once the store is back, resume with "
-            f"python -m {PROG} --dataset {settings.dataset} --storage {state.folder} --resume"
-        ) from err
-    seconds = time.perf_counter() - started
-    for summary in summaries:
-        print(summary_text(summary))
-    print(f"search folder: {state.folder}   (resume: python -m {PROG} --dataset {settings.dataset} "
-          f"--storage {state.folder} --resume)")
-    print(f"MLflow: {tracking.ui_command(state.tracking_uri, state.experiment_id)}   (experiment {state.experiment!r})")
-    print(f"total {seconds:.1f} s")
-    if args.json:
-        if len(summaries) == 1:
-            out = {**summaries[0], "seconds": seconds}
-        else:
-            out = {"dataset": settings.dataset, "models": {s["model"]: s for s in summaries}, "seconds": seconds}
-        out.update(storage=str(state.folder), tracking_uri=state.tracking_uri)
-        print(json.dumps(out, default=str))
+        raise one_line from err
+    _print_summary(args, settings, state, summaries, time.perf_counter() - started)
     return 0
 
 

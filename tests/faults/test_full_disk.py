@@ -28,7 +28,8 @@ from faults import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
+# A minute or more: outside CI's time budget, run with pytest -m long (docs/reliability.md).
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
 SEARCH = "harness.search"
 NUM_SAMPLES, EPOCHS = 3, 30
 DISK_MB, RESERVE_MB, LEFT_MB = 24, 8, 4

@@ -25,13 +25,6 @@ from faults import PYTHON, Spawned, check_every_trial, cli_env, make_tiny_cub
 SEARCH = "harness.search"
 
 
-@pytest.fixture(autouse=True)
-def _load_only_when_asked(request):
-    """`load` tests run only when `-m` names them (they take tens of minutes)."""
-    if request.node.get_closest_marker("load") and "load" not in (request.config.getoption("-m") or ""):
-        pytest.skip("a -m load test: run with pytest -m load")
-
-
 @pytest.fixture(scope="module")
 def tiny_cub_cache(tmp_path_factory):
     """The tiny xlsa17 CUB with its res101 features imported into an LMDB cache (absolute paths)."""

@@ -36,7 +36,8 @@ from faults import (
 )
 from faults.conftest import free_port
 
-pytestmark = pytest.mark.slow
+# A minute or more: outside CI's time budget, run with pytest -m long (docs/reliability.md).
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 SEARCH = "harness.search"
 NUM_SAMPLES, EPOCHS = 2, 60
 # The head's GCS declares a silent node dead after 3 missed 1 s health checks (Ray's default: ~30 s).

@@ -23,6 +23,7 @@ import pytest
 from faults import (
     Spawned,
     check_search_records,
+    cli_env,
     kill_pids,
     mlflow_records,
     ray_trials,
@@ -85,7 +86,10 @@ def test_search_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path
     #    logs its first epoch to MLflow while Ray can no longer record its checkpoint; then
     #    SIGKILL the driver. The resumed search meets a trial whose run is ahead of its checkpoint,
     #    the hard case for "nothing logged twice".
-    first = Spawned(SEARCH, *SEARCH_ARGS, "--storage", storage, "--tracking-uri", uri, cwd=tmp_path, name="search1")
+    #    No checkpoint-only reports here: the worker's clock runs on while it is frozen, so its first
+    #    step after SIGCONT would send one, which waits for the frozen driver before the epoch is logged.
+    first = Spawned(SEARCH, *SEARCH_ARGS, "--storage", storage, "--tracking-uri", uri, cwd=tmp_path, name="search1",
+                    env=cli_env({"HARNESS_CHECKPOINT_INTERVAL_S": "100000"}))
     db = tmp_path / "mlflow.db"
     lagged = False
     try:
