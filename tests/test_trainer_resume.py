@@ -31,6 +31,17 @@ def _steps(model: str, stage: str) -> list[int]:
     return seen
 
 
+def _fit_killed_at(config, kill_at: int, folder) -> None:
+    """A fit that saves its state after step `kill_at` and dies there, as a killed worker would."""
+    def checkpoint_then_die(epoch, step, state):
+        if step == kill_at:
+            save_train_state(state(), folder)
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(config, checkpoint=checkpoint_then_die)
+
+
 @pytest.mark.parametrize("stage", ["search", "final"])
 @pytest.mark.parametrize("model", list_methods())
 def test_killed_and_resumed_fit_ends_with_the_uninterrupted_metrics(model, stage, tmp_path):
@@ -39,14 +50,7 @@ def test_killed_and_resumed_fit_ends_with_the_uninterrupted_metrics(model, stage
     whole = fit(config, reporter=reports_whole.append)
     steps = _steps(model, stage)
     kill_at = steps[len(steps) // 2 + 1]  # mid-epoch or just after a report, past the first epoch's start
-
-    def checkpoint_then_die(epoch, step, state):
-        if step == kill_at:
-            save_train_state(state(), tmp_path)
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(config, checkpoint=checkpoint_then_die)
+    _fit_killed_at(config, kill_at, tmp_path)
 
     ran: list[int] = []
     reports_resumed: list[dict] = []
@@ -63,14 +67,7 @@ def test_a_checkpoint_at_an_epoch_end_resumes_at_the_next_epoch(tmp_path):
     whole = fit(config)
     steps = _steps("dazle", "search")
     end_of_first = steps[len(steps) // 2 - 1]
-
-    def checkpoint_then_die(epoch, step, state):
-        if step == end_of_first:
-            save_train_state(state(), tmp_path)
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(config, checkpoint=checkpoint_then_die)
+    _fit_killed_at(config, end_of_first, tmp_path)
     state = load_train_state(tmp_path)
     assert state.epoch == 1 and state.global_step == end_of_first
     assert fit(config, resume=state).metrics == whole.metrics
