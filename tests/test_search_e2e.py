@@ -236,6 +236,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_duplicating(stack,
             first.kill()
         log.close()
     time.sleep(3)  # Ray notices the dead driver and kills its trial actors
+    actors_gone_ms = time.time() * 1000
     before = {r.info.run_id: r for r in _children(client, pid)}
     finished_before = {k: r for k, r in before.items() if r.info.status == "FINISHED"}
     assert len(finished_before) >= 2
@@ -267,7 +268,10 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_duplicating(stack,
     assert ids <= set(by_trial), "a trial of the search has no MLflow run"
     for trial_id, runs in by_trial.items():  # runs of trials Ray lost in the kill are ended, not left open
         if trial_id not in ids:
-            assert runs[0].info.status in ("KILLED", "FAILED")
+            # FINISHED only when the trial ran to its end before its actor was killed (Ray's snapshot had
+            # not caught up with it); never reopened or finished by the resumed search
+            info = runs[0].info
+            assert info.status in ("KILLED", "FAILED") or (info.status == "FINISHED" and info.end_time <= actors_gone_ms)
     assert len(rows) >= 6 - 2  # at most the trials started in the last seconds are lost
     # The searcher kept its history: the paper configuration was not proposed again, nor any earlier point.
     assert sum(row["paper_config"] == "True" for row in rows) == 1
